@@ -1,0 +1,4 @@
+"""Utilities: registries, distributed helpers, logging, events, visualisation."""
+from .registry import Registry
+
+__all__ = ["Registry"]

@@ -1,0 +1,89 @@
+"""Build retinakit and its compiled extension ``retinakit._C``.
+
+C++ sources (``retinakit/_C/*.cpp``, ``retinakit/_C/cpu/*.cpp``) are always built.
+CUDA sources (``retinakit/_C/cuda/*.cu``) are built when CUDA is usable or when
+``FORCE_CUDA=1`` (``TORCH_CUDA_ARCH_LIST`` picks the architectures).
+Install with ``pip install --no-build-isolation -e .`` so the build uses the torch
+that is already installed.
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError as e:  # pragma: no cover - explained to the user
+    raise SystemExit(
+        "retinakit's build needs torch installed first (e.g. pip install torch==2.14.0 torchvision==0.29.0), "
+        "then: pip install --no-build-isolation -e ."
+    ) from e
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.join("retinakit", "_C")
+
+
+def _use_cuda() -> bool:
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        return True
+    return torch.cuda.is_available() and CUDA_HOME is not None
+
+
+def get_extensions():
+    sources = sorted(glob.glob(os.path.join(SRC, "*.cpp")) + glob.glob(os.path.join(SRC, "cpu", "*.cpp")))
+    if not sources:
+        return []
+    cuda_sources = sorted(glob.glob(os.path.join(SRC, "cuda", "*.cu")) + glob.glob(os.path.join(SRC, "cuda", "*.cpp")))
+    extra_compile_args = {"cxx": ["-O3"]}
+    define_macros = []
+    ext_cls = CppExtension
+    if _use_cuda() and cuda_sources:
+        ext_cls = CUDAExtension
+        sources += cuda_sources
+        define_macros.append(("WITH_CUDA", None))
+        extra_compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+    return [
+        ext_cls(
+            "retinakit._C",
+            sources,
+            include_dirs=[os.path.join(HERE, SRC)],
+            define_macros=define_macros,
+            extra_compile_args=extra_compile_args,
+        )
+    ]
+
+
+EXTRAS = {
+    "dev": ["pytest>=7", "hypothesis", "ruff", "mypy", "pytest-timeout"],
+    "deploy": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript"],
+    "dali": ["nvidia-dali-cuda130"],
+    "tensorrt": ["tensorrt>=10", "cuda-python>=12"],
+}
+
+setup(
+    name="retinakit",
+    version="0.1.0",
+    description="A registry-based RetinaNet library: train, extend and deploy (ONNX, TensorRT FP16/INT8).",
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["retinakit", "retinakit.*"]),
+    package_data={"retinakit": ["py.typed"]},
+    install_requires=[
+        "torch>=2.6",
+        "torchvision>=0.21",
+        "fvcore",
+        "iopath",
+        "pycocotools>=2.0.7",
+        "tabulate",
+        "pyyaml>=5.1",
+        "numpy",
+        "pillow",
+        "tqdm",
+    ],
+    extras_require=EXTRAS,
+    ext_modules=get_extensions(),
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    zip_safe=False,
+)
