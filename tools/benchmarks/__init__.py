@@ -1,0 +1,1 @@
+"""Subcommands of tools/benchmark.py, one module each."""
