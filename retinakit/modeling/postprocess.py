@@ -1,0 +1,183 @@
+"""Post-processing of RetinaNet head outputs into per-image detections.
+
+``POSTPROCESSOR_REGISTRY`` holds the post-processors; the default,
+:class:`RetinaNetPostProcessor`, runs two compiled ops for the whole batch:
+:func:`retinakit.ops.decode_detections` (threshold, per-level top-k, decode, clip) and
+:func:`retinakit.ops.multiclass_nms` (per-class, class-agnostic or soft NMS, then the best
+``max_detections``). Its detections equal torchvision's ``RetinaNet.postprocess_detections``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..config.configurable import configurable
+from ..structures import Boxes, Instances
+from ..utils.registry import Registry
+
+__all__ = ["POSTPROCESSOR_REGISTRY", "RetinaNetPostProcessor", "build_postprocessor"]
+
+POSTPROCESSOR_REGISTRY = Registry(
+    "POSTPROCESSOR",
+    doc="""Turns head outputs into detections. Selected by ``MODEL.POSTPROCESSOR.NAME``.
+
+Call signature: ``cls(cfg, box_coder)`` or ``cls(**kwargs)`` -> ``nn.Module`` whose
+``forward(cls_logits, box_deltas, anchors, image_sizes) -> list[Instances]`` takes per level
+``cls_logits [N, A*K, H, W]``, ``box_deltas [N, A*4, H, W]``, ``anchors [H*W*A, 4]`` and the
+``(height, width)`` of each image, and returns ``Instances(pred_boxes, scores, pred_classes)``.
+""",
+)
+
+_NMS_TYPES = ("batched", "agnostic", "soft")
+
+
+def build_postprocessor(cfg: Any, box_coder: Any) -> nn.Module:
+    """Build ``MODEL.POSTPROCESSOR.NAME`` from the config."""
+    return POSTPROCESSOR_REGISTRY.get(cfg.MODEL.POSTPROCESSOR.NAME)(cfg, box_coder)
+
+
+@POSTPROCESSOR_REGISTRY.register()
+class RetinaNetPostProcessor(nn.Module):
+    """Score threshold, per-level top-k, box decode, clip, NMS and top ``max_detections``.
+
+    Box coders exposing ``fused_decode_params() -> (weights, scale_clamp)`` (the built-in
+    ``DeltaXYWHBoxCoder``) use the fused compiled decode. Any other box coder takes the
+    generic path: candidates are selected in torch and decoded with its ``decode(deltas,
+    anchors)``; NMS is still the compiled op.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        box_coder: Any,
+        score_thresh: float = 0.05,
+        topk_candidates: int = 1000,
+        nms_thresh: float = 0.5,
+        max_detections: int = 100,
+        nms_type: str = "batched",
+        soft_nms_method: str = "gaussian",
+        soft_nms_sigma: float = 0.5,
+        soft_nms_score_thresh: float = 0.001,
+        allow_reference_ops: bool = False,
+    ) -> None:
+        super().__init__()
+        if nms_type not in _NMS_TYPES:
+            raise ValueError(f"MODEL.POSTPROCESSOR.NMS_TYPE must be one of {_NMS_TYPES}, got {nms_type!r}.")
+        if soft_nms_method not in ("linear", "gaussian"):
+            raise ValueError(f"MODEL.POSTPROCESSOR.SOFT_NMS_METHOD must be 'linear' or 'gaussian', got {soft_nms_method!r}.")
+        self.box_coder = box_coder
+        self.score_thresh = float(score_thresh)
+        self.topk_candidates = int(topk_candidates)
+        self.nms_thresh = float(nms_thresh)
+        self.max_detections = int(max_detections)
+        self.nms_type = nms_type
+        self.soft_nms_method = soft_nms_method
+        self.soft_nms_sigma = float(soft_nms_sigma)
+        self.soft_nms_score_thresh = float(soft_nms_score_thresh)
+        self.allow_reference_ops = bool(allow_reference_ops)
+
+    @classmethod
+    def from_config(cls, cfg: Any, box_coder: Any) -> Dict[str, Any]:
+        pp = cfg.MODEL.POSTPROCESSOR
+        return {
+            "box_coder": box_coder,
+            "score_thresh": cfg.MODEL.RETINANET.SCORE_THRESH_TEST,
+            "topk_candidates": cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST,
+            "nms_thresh": cfg.MODEL.RETINANET.NMS_THRESH_TEST,
+            "max_detections": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "nms_type": pp.NMS_TYPE,
+            "soft_nms_method": pp.SOFT_NMS_METHOD,
+            "soft_nms_sigma": pp.SOFT_NMS_SIGMA,
+            "soft_nms_score_thresh": pp.SOFT_NMS_SCORE_THRESH,
+            "allow_reference_ops": pp.ALLOW_REFERENCE_OPS,
+        }
+
+    def extra_repr(self) -> str:
+        return (
+            f"score_thresh={self.score_thresh}, topk_candidates={self.topk_candidates}, nms_type={self.nms_type}, "
+            f"nms_thresh={self.nms_thresh}, max_detections={self.max_detections}"
+        )
+
+    def forward(
+        self,
+        cls_logits: List[Tensor],
+        box_deltas: List[Tensor],
+        anchors: List[Tensor],
+        image_sizes: Sequence[Tuple[int, int]],
+    ) -> List[Instances]:
+        """Per level ``cls_logits [N, A*K, H_l, W_l]``, ``box_deltas [N, A*4, H_l, W_l]``,
+        ``anchors [H_l*W_l*A, 4]``; ``image_sizes`` ``N x (height, width)``.
+
+        Returns ``N`` ``Instances`` with ``pred_boxes`` (``Boxes [D, 4]`` float32, clipped),
+        ``scores [D]`` float32 and ``pred_classes [D]`` int64, ``D <= max_detections``.
+        """
+        from .. import ops
+
+        device = cls_logits[0].device
+        sizes = torch.as_tensor([[int(h), int(w)] for h, w in image_sizes], dtype=torch.int64).to(device, non_blocking=True)
+        fused = getattr(self.box_coder, "fused_decode_params", None)
+        if fused is not None:
+            weights, scale_clamp = fused()
+            boxes, scores, classes, num_valid = ops.decode_detections(
+                cls_logits, box_deltas, anchors, sizes, self.score_thresh, self.topk_candidates,
+                weights, scale_clamp, allow_reference=self.allow_reference_ops,
+            )
+        else:
+            boxes, scores, classes, num_valid = self._generic_decode(cls_logits, box_deltas, anchors, image_sizes)
+        boxes, scores, classes, num_det = ops.multiclass_nms(
+            boxes, scores, classes, num_valid, self.nms_type, self.nms_thresh, self.max_detections,
+            self.soft_nms_method, self.soft_nms_sigma, self.soft_nms_score_thresh,
+            allow_reference=self.allow_reference_ops,
+        )
+        counts = num_det.tolist()  # the single host sync of the batch
+        return [
+            Instances(
+                (int(image_sizes[i][0]), int(image_sizes[i][1])),
+                pred_boxes=Boxes(boxes[i, :c]),
+                scores=scores[i, :c],
+                pred_classes=classes[i, :c],
+            )
+            for i, c in enumerate(counts)
+        ]
+
+    def _generic_decode(
+        self,
+        cls_logits: List[Tensor],
+        box_deltas: List[Tensor],
+        anchors: List[Tensor],
+        image_sizes: Sequence[Tuple[int, int]],
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Selection in torch + ``box_coder.decode`` for coders without a fused decode.
+
+        Same packed outputs as :func:`retinakit.ops.decode_detections`.
+        """
+        from ..ops import reference
+
+        n_img = cls_logits[0].shape[0]
+        device = cls_logits[0].device
+        m = reference.num_candidates(cls_logits, self.topk_candidates)
+        boxes = torch.zeros(n_img, m, 4, dtype=torch.float32, device=device)
+        scores = torch.zeros(n_img, m, dtype=torch.float32, device=device)
+        classes = torch.full((n_img, m), -1, dtype=torch.int64, device=device)
+        counts = []
+        sel = reference.select_candidates(cls_logits, self.score_thresh, self.topk_candidates)
+        for n in range(n_img):
+            b_l, s_l, c_l = [], [], []
+            for lvl, (flat, s) in enumerate(sel[n]):
+                hw = cls_logits[lvl].shape[2] * cls_logits[lvl].shape[3]
+                k_num = cls_logits[lvl].shape[1] // (anchors[lvl].shape[0] // hw)
+                a_idx = flat // k_num
+                d = box_deltas[lvl][n].permute(1, 2, 0).reshape(-1, 4)[a_idx]
+                b = self.box_coder.decode(d.float(), anchors[lvl][a_idx].float()).float()
+                b_l.append(reference.clip_boxes(b, int(image_sizes[n][0]), int(image_sizes[n][1])))
+                s_l.append(s)
+                c_l.append(flat % k_num)
+            b, s, c = torch.cat(b_l), torch.cat(s_l), torch.cat(c_l)
+            boxes[n, : b.shape[0]] = b
+            scores[n, : s.shape[0]] = s
+            classes[n, : c.shape[0]] = c
+            counts.append(b.shape[0])
+        return boxes, scores, classes, torch.as_tensor(counts, dtype=torch.int64, device=device)
