@@ -1,0 +1,238 @@
+"""Dataset lists and data loaders built from a config: ``build_detection_{train,test}_loader``."""
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from .catalog import DatasetCatalog, MetadataCatalog
+from .coco import register_coco_instances
+from .errors import DatasetError, check_policy
+from .mapper import DatasetMapper
+from .samplers import InferenceSampler, TrainingSampler, group_by_aspect_ratio, shared_seed, world_info
+from .serialize import SerializedList
+
+__all__ = [
+    "get_detection_dataset_dicts",
+    "build_detection_train_loader",
+    "build_detection_test_loader",
+    "register_datasets_from_cfg",
+    "train_dataset_names",
+    "test_dataset_names",
+    "worker_init_reset_seed",
+]
+
+logger = logging.getLogger(__name__)
+CFG_TRAIN_NAME, CFG_TEST_NAME = "cfg_train", "cfg_test"
+
+
+def _register_cfg_dataset(name: str, json_file: str, image_root: str, key: str) -> None:
+    if not image_root:
+        raise DatasetError(f"DATASETS.{key}_JSON is {json_file!r} but DATASETS.{key}_IMAGES is empty; set it to the image folder.")
+    if name in DatasetCatalog:
+        meta = MetadataCatalog.get(name)
+        if (meta.get("json_file"), meta.get("image_root")) == (json_file, image_root):
+            return
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    register_coco_instances(name, {}, json_file, image_root)
+
+
+def register_datasets_from_cfg(cfg: Any) -> Tuple[List[str], List[str]]:
+    """Register ``DATASETS.TRAIN_JSON/TRAIN_IMAGES`` as "cfg_train" and ``TEST_JSON/TEST_IMAGES``
+    as "cfg_test" (when set); return the names of the ones registered."""
+    train, test = [], []
+    if cfg.DATASETS.TRAIN_JSON:
+        _register_cfg_dataset(CFG_TRAIN_NAME, cfg.DATASETS.TRAIN_JSON, cfg.DATASETS.TRAIN_IMAGES, "TRAIN")
+        train.append(CFG_TRAIN_NAME)
+    if cfg.DATASETS.TEST_JSON:
+        _register_cfg_dataset(CFG_TEST_NAME, cfg.DATASETS.TEST_JSON, cfg.DATASETS.TEST_IMAGES, "TEST")
+        test.append(CFG_TEST_NAME)
+    return train, test
+
+
+def train_dataset_names(cfg: Any) -> List[str]:
+    """``DATASETS.TRAIN`` plus "cfg_train" when ``DATASETS.TRAIN_JSON`` is set."""
+    return list(cfg.DATASETS.TRAIN) + register_datasets_from_cfg(cfg)[0]
+
+
+def test_dataset_names(cfg: Any) -> List[str]:
+    """``DATASETS.TEST`` plus "cfg_test" when ``DATASETS.TEST_JSON`` is set (what to evaluate)."""
+    return list(cfg.DATASETS.TEST) + register_datasets_from_cfg(cfg)[1]
+
+
+def _load(name: str, policies: Dict[str, Any]) -> List[dict]:
+    if name not in DatasetCatalog:
+        DatasetCatalog.get(name)  # raises the helpful KeyError
+    func = DatasetCatalog._funcs[name]
+    dicts = func(**policies) if getattr(func, "accepts_policies", False) and policies else func()
+    if not isinstance(dicts, list):
+        raise DatasetError(f"The function registered for dataset '{name}' returned {type(dicts).__name__}; it must return a list of dicts.")
+    return dicts
+
+
+def _check_same_classes(names: Sequence[str]) -> None:
+    classes = {n: MetadataCatalog.get(n).get("thing_classes") for n in names}
+    known = {n: c for n, c in classes.items() if c is not None}
+    if len({tuple(c) for c in known.values()}) > 1:
+        raise DatasetError(f"Datasets {list(known)} have different class lists {known}; datasets used together must share classes.")
+
+
+def get_detection_dataset_dicts(
+    names: Union[str, Sequence[str]],
+    filter_empty: bool = False,
+    *,
+    on_bad_annotation: Optional[str] = None,
+    on_bad_image: Optional[str] = None,
+    check_image_files: Optional[bool] = None,
+) -> List[dict]:
+    """Concatenate the dataset dicts of ``names``; ``filter_empty`` drops images without
+    (non-crowd) boxes. The policies, when given, override those of the registration."""
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise DatasetError("No dataset given: set DATASETS.TRAIN (registered names) or DATASETS.TRAIN_JSON/TRAIN_IMAGES.")
+    policies = {k: v for k, v in dict(on_bad_annotation=on_bad_annotation, on_bad_image=on_bad_image, check_image_files=check_image_files).items() if v is not None}
+    dicts = list(itertools.chain.from_iterable(_load(n, policies) for n in names))
+    _check_same_classes(names)
+    if filter_empty:
+        before = len(dicts)
+        dicts = [d for d in dicts if any(not a.get("iscrowd", 0) for a in d.get("annotations", []))]
+        logger.info("Removed %d images without annotations (DATALOADER.FILTER_EMPTY_ANNOTATIONS).", before - len(dicts))
+    if not dicts:
+        raise DatasetError(f"Datasets {names} contain no images (after filtering). Check the JSON files and policies.")
+    return dicts
+
+
+def _dicts_from_cfg(cfg: Any, names: Sequence[str], filter_empty: bool) -> List[dict]:
+    return get_detection_dataset_dicts(
+        names,
+        filter_empty,
+        on_bad_annotation=check_policy(cfg.DATALOADER.ON_BAD_ANNOTATION, "DATALOADER.ON_BAD_ANNOTATION"),
+        on_bad_image=check_policy(cfg.DATALOADER.ON_BAD_IMAGE, "DATALOADER.ON_BAD_IMAGE"),
+        check_image_files=cfg.DATASETS.CHECK_IMAGE_FILES,
+    )
+
+
+def worker_init_reset_seed(worker_id: int) -> None:
+    """Seed ``random``, ``numpy`` and ``torch`` of a worker from torch's per-worker seed."""
+    seed = torch.initial_seed() % 2**31
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class _MapStream(IterableDataset):
+    """Maps the sampler's indices (split between workers) and batches them (aspect-grouped).
+
+    A skipped image (mapper returns None, ON_BAD_IMAGE skip) is replaced by the next index.
+    """
+
+    def __init__(self, dataset: Any, mapper: Callable, sampler: Any, batch_size: int, group: bool) -> None:
+        self.dataset, self.mapper, self.sampler = dataset, mapper, sampler
+        self.batch_size, self.group = batch_size, group
+
+    def __iter__(self) -> Iterator[List[dict]]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        indices = itertools.islice(iter(self.sampler), wid, None, nw)
+        yield from group_by_aspect_ratio((self.mapper(self.dataset[i]) for i in indices), self.batch_size, self.group)
+
+
+def _per_rank_batch(total: int) -> int:
+    world = world_info()[1]
+    if total <= 0 or total % world:
+        raise ValueError(f"SOLVER.IMS_PER_BATCH ({total}) must be a positive multiple of the number of processes ({world}).")
+    return total // world
+
+
+def build_detection_train_loader(cfg: Any, mapper: Optional[Callable] = None, dataset: Optional[List[dict]] = None) -> Iterator[List[dict]]:
+    """Infinite iterable of ``list[dict]`` (mapper outputs), ``IMS_PER_BATCH // world_size`` each.
+
+    Datasets: ``DATASETS.TRAIN`` (+ ``TRAIN_JSON``) unless ``dataset`` is given. The order
+    comes from an infinite sampler seeded by ``SEED`` (same permutation on every rank, each
+    rank a shard); workers (``DATALOADER.NUM_WORKERS``) are seeded from it; batches are
+    aspect-ratio grouped when ``DATALOADER.ASPECT_RATIO_GROUPING``.
+    ``DATALOADER.BACKEND: dali`` returns the DALI loader with the same batch structure.
+    """
+    if dataset is None:
+        dataset = _dicts_from_cfg(cfg, train_dataset_names(cfg), cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    batch = _per_rank_batch(cfg.SOLVER.IMS_PER_BATCH)
+    seed = shared_seed(cfg.SEED)
+    backend = cfg.DATALOADER.BACKEND
+    if backend == "dali":
+        from .dali import build_dali_train_loader
+
+        return build_dali_train_loader(cfg, dataset, batch, seed)
+    if backend != "torch":
+        raise ValueError(f"DATALOADER.BACKEND must be 'torch' or 'dali', got {backend!r}.")
+    mapper = mapper or DatasetMapper(cfg, is_train=True)
+    sampler = TrainingSampler(len(dataset), seed=seed)
+    stream = _MapStream(SerializedList(dataset), mapper, sampler, batch, cfg.DATALOADER.ASPECT_RATIO_GROUPING)
+    rank = world_info()[0]
+    workers = cfg.DATALOADER.NUM_WORKERS
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        worker_init_fn=worker_init_reset_seed,
+        generator=torch.Generator().manual_seed(seed + rank),
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers > 0 else None,
+    )
+
+
+class _MapDataset(Dataset):
+    def __init__(self, dataset: Any, mapper: Callable) -> None:
+        self.dataset, self.mapper = dataset, mapper
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx: int) -> Optional[dict]:
+        return self.mapper(self.dataset[idx])
+
+
+def _drop_none(batch: List[Optional[dict]]) -> List[dict]:
+    return [b for b in batch if b is not None]
+
+
+class InferenceLoader:
+    """Finite iterable of ``list[dict]`` over this rank's shard; batches left empty by
+    skipped images are not yielded. ``len()`` is the number of batches of the shard."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[List[dict]]:
+        return (b for b in self.loader if b)
+
+
+def build_detection_test_loader(
+    cfg: Any, dataset_name: Union[str, Sequence[str]], batch_size: int = 1, mapper: Optional[Callable] = None, dataset: Optional[List[dict]] = None
+) -> InferenceLoader:
+    """Loader over ``dataset_name`` for inference: test-time resize, no flip, no instances
+    (pass ``mapper=DatasetMapper(cfg, is_train=False, keep_instances=True)`` to keep them).
+    Each rank reads its own contiguous shard (InferenceSampler): no image twice."""
+    if dataset is None:
+        names = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name)
+        register_datasets_from_cfg(cfg)
+        dataset = _dicts_from_cfg(cfg, names, False)
+    mapper = mapper or DatasetMapper(cfg, is_train=False)
+    sampler = InferenceSampler(len(dataset))
+    batch_sampler = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=False)
+    loader = DataLoader(
+        _MapDataset(SerializedList(dataset), mapper),
+        batch_sampler=batch_sampler,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        collate_fn=_drop_none,
+        worker_init_fn=worker_init_reset_seed,
+    )
+    return InferenceLoader(loader)

@@ -1,0 +1,222 @@
+"""Load a COCO detection JSON into dataset dicts, validating every entry; register it."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, List, Optional, Tuple
+
+from .catalog import DatasetCatalog, Metadata, MetadataCatalog
+from .coco_validate import bbox_to_xyxy, check_annotation_ids, check_category, check_image, check_top_level
+from .errors import BadImageError, DatasetError, ProblemLog
+from .image_io import image_size
+
+__all__ = ["load_coco_json", "register_coco_instances", "read_coco_categories"]
+
+logger = logging.getLogger(__name__)
+
+
+def _read_json(json_file: str) -> Dict[str, Any]:
+    if not os.path.isfile(json_file):
+        raise DatasetError(f"COCO JSON file {json_file} does not exist. Check the path given when registering the dataset.")
+    try:
+        with open(json_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{json_file} is not valid JSON: {e}. Fix the file (is it truncated?).") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"Cannot read COCO JSON file {json_file}: {e}.") from e
+    err = check_top_level(data)
+    if err:
+        raise DatasetError(f"{json_file}: {err}.")
+    return data
+
+
+def _categories(data: Dict[str, Any], json_file: str) -> Tuple[List[str], Dict[int, int]]:
+    """``(thing_classes, dataset_id -> contiguous_id)``; contiguous ids follow sorted dataset ids."""
+    seen: Dict[int, Any] = {}
+    for cat in data["categories"]:
+        err = check_category(cat, seen)
+        if err:
+            raise DatasetError(f"{json_file}: {err}. Fix the 'categories' list.")
+        seen[cat["id"]] = cat
+    if not seen:
+        raise DatasetError(f"{json_file}: the 'categories' list is empty; list every class as {{\"id\": 1, \"name\": \"...\"}}.")
+    ids = sorted(seen)
+    return [str(seen[i].get("name", i)) for i in ids], {i: k for k, i in enumerate(ids)}
+
+
+def read_coco_categories(json_file: str) -> Tuple[List[str], Dict[int, int]]:
+    """Class names and the dataset-id -> contiguous-id map of a COCO JSON file."""
+    return _categories(_read_json(json_file), json_file)
+
+
+def _image_sizes(records: List[dict], check_files: bool, bad: ProblemLog, json_file: str) -> List[dict]:
+    """Fill missing height/width from file headers; with ``check_files`` check every file."""
+    todo = [r for r in records if check_files or not r.get("height") or not r.get("width")]
+
+    def probe(r: dict) -> Tuple[dict, Any]:
+        try:
+            return r, image_size(r["file_name"], f"image id {r['image_id']} of {json_file}")
+        except BadImageError as e:
+            return r, e
+
+    workers = min(16, (os.cpu_count() or 2) * 4)
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(probe, todo)) if len(todo) > 64 else [probe(r) for r in todo]
+    dropped = set()
+    for r, res in results:
+        if isinstance(res, BadImageError):
+            bad.report("unreadable image file", str(res))
+            dropped.add(id(r))
+            continue
+        h, w = res
+        if r.get("height") and r.get("width") and (r["height"], r["width"]) != (h, w):
+            bad.report(
+                "size disagrees with file",
+                f"{json_file}: image id {r['image_id']} ({r['file_name']}) is {w}x{h} (width x height) on disk but the JSON says "
+                f"{r['width']}x{r['height']}. Fix 'width'/'height' in the JSON (or remove them to read them from the file)",
+            )
+            dropped.add(id(r))
+            continue
+        r["height"], r["width"] = h, w
+    return [r for r in records if id(r) not in dropped]
+
+
+def _images(data: Dict[str, Any], image_root: str, json_file: str, bad_image: ProblemLog, check_files: bool) -> List[dict]:
+    records, seen = [], {}
+    for img in data["images"]:
+        err = check_image(img)
+        if err:
+            bad_image.report("invalid image entry", f"{json_file}: {err}")
+            continue
+        if img["id"] in seen:
+            raise DatasetError(
+                f"{json_file}: duplicate image id {img['id']} ({seen[img['id']]} and {img['file_name']}). "
+                "Image ids must be unique; give each image its own id (annotations refer to images by id)."
+            )
+        seen[img["id"]] = img["file_name"]
+        records.append(
+            {
+                "file_name": os.path.join(image_root, img["file_name"]),
+                "image_id": img["id"],
+                "height": img.get("height"),
+                "width": img.get("width"),
+            }
+        )
+    return _image_sizes(records, check_files, bad_image, json_file)
+
+
+def _annotation(ann: Any, json_file: str, images: Dict[Any, dict], id_map: Dict[int, int], declared: set, seen: set) -> Tuple[Optional[dict], str, str]:
+    """One annotation -> (record, "", "") or (None, kind, message)."""
+    err = check_annotation_ids(ann)
+    if err:
+        return None, "invalid entry", f"{json_file}: {err}"
+    where = f"{json_file}: annotation id {ann['id']} (image id {ann['image_id']})"
+    if ann["id"] in seen:
+        return None, "duplicate annotation id", f"{where}: duplicate annotation id; annotation ids must be unique"
+    seen.add(ann["id"])
+    if ann["image_id"] not in images:
+        if ann["image_id"] in declared:
+            return None, "image dropped", ""
+        return None, "unknown image", f"{where}: refers to an image id that is not in 'images'; add the image or remove the annotation"
+    if ann["category_id"] not in id_map:
+        return None, "unknown category", (
+            f"{where}: category_id {ann['category_id']!r} is not in 'categories' (ids {sorted(id_map)[:20]}); "
+            "add the category or fix the annotation"
+        )
+    rec = images[ann["image_id"]]
+    xyxy, err = bbox_to_xyxy(ann["bbox"], rec["height"], rec["width"])
+    if err:
+        return None, "bad box", f"{where}: {err}; fix or remove this annotation"
+    out = {"bbox": xyxy, "category_id": id_map[ann["category_id"]], "iscrowd": int(ann.get("iscrowd", 0)), "id": ann["id"]}
+    return out, "", ""
+
+
+def load_coco_json(
+    json_file: str,
+    image_root: str,
+    dataset_name: Optional[str] = None,
+    *,
+    on_bad_annotation: str = "error",
+    on_bad_image: str = "error",
+    check_image_files: bool = True,
+) -> List[dict]:
+    """Parse and validate a COCO detection JSON; return detectron2-style dataset dicts.
+
+    Each dict: ``file_name`` (joined with ``image_root``), ``image_id``, ``height``, ``width``
+    (read from the file header when absent), ``annotations``: list of ``{"bbox": [x0, y0,
+    x1, y1] absolute float clipped to the image, "category_id": contiguous id, "iscrowd",
+    "id"}``. Images without annotations are kept. ``on_bad_annotation`` / ``on_bad_image``:
+    "error" raises :class:`DatasetError` naming file, ids, problem and fix; "skip" drops,
+    counts and logs one summary line. ``check_image_files`` reads every image header
+    (existence, readability, size agrees with the JSON). With ``dataset_name``, its metadata
+    gets ``thing_classes`` and ``thing_dataset_id_to_contiguous_id``.
+    """
+    data = _read_json(json_file)
+    classes, id_map = _categories(data, json_file)
+    bad_image = ProblemLog(on_bad_image, "images", "DATALOADER.ON_BAD_IMAGE", BadImageError)
+    bad_ann = ProblemLog(on_bad_annotation, "annotations", "DATALOADER.ON_BAD_ANNOTATION")
+    records = _images(data, image_root, json_file, bad_image, check_image_files)
+    by_id = {r["image_id"]: r for r in records}
+    declared = {img.get("id") for img in data["images"] if isinstance(img, dict)}
+    for r in records:
+        r["annotations"] = []
+    seen: set = set()
+    for ann in data["annotations"]:
+        out, kind, msg = _annotation(ann, json_file, by_id, id_map, declared, seen)
+        if out is not None:
+            by_id[ann["image_id"]]["annotations"].append(out)
+        elif msg:
+            bad_ann.report(kind, msg)
+    bad_image.summary(json_file)
+    bad_ann.summary(json_file)
+    if dataset_name is not None:
+        _set_categories(MetadataCatalog.get(dataset_name), classes, id_map)
+    logger.info("Loaded %d images, %d boxes from %s", len(records), sum(len(r["annotations"]) for r in records), json_file)
+    return records
+
+
+def _set_categories(meta: Metadata, classes: List[str], id_map: Dict[int, int]) -> None:
+    meta.thing_classes = classes
+    meta.thing_dataset_id_to_contiguous_id = id_map
+    meta.thing_contiguous_id_to_dataset_id = {v: k for k, v in id_map.items()}
+
+
+def register_coco_instances(
+    name: str,
+    metadata: Dict[str, Any],
+    json_file: str,
+    image_root: str,
+    *,
+    on_bad_annotation: str = "error",
+    on_bad_image: str = "error",
+    check_image_files: bool = True,
+) -> None:
+    """Register a COCO detection dataset as ``name`` in DatasetCatalog and MetadataCatalog.
+
+    Nothing is read now. ``DatasetCatalog.get(name)`` calls :func:`load_coco_json`; the
+    metadata gets ``json_file``, ``image_root``, ``evaluator_type="coco"`` plus ``metadata``,
+    and ``thing_classes`` / ``thing_dataset_id_to_contiguous_id`` are read from the JSON's
+    categories on first access. Policies can also be given per call (the config's
+    ``DATALOADER.ON_BAD_*`` override them in ``get_detection_dataset_dicts``).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_coco_instances: name must be a non-empty string, got {name!r}.")
+    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+
+    def load(**overrides: Any) -> List[dict]:
+        kwargs = dict(on_bad_annotation=on_bad_annotation, on_bad_image=on_bad_image, check_image_files=check_image_files)
+        kwargs.update(overrides)
+        return load_coco_json(json_file, image_root, name, **kwargs)
+
+    load.accepts_policies = True  # type: ignore[attr-defined]
+    DatasetCatalog.register(name, load)
+    meta = MetadataCatalog.get(name)
+    meta.set(json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata)
+    if "thing_classes" not in metadata:
+        meta.set_lazy(
+            lambda m: _set_categories(m, *read_coco_categories(json_file)),
+            ["thing_classes", "thing_dataset_id_to_contiguous_id", "thing_contiguous_id_to_dataset_id"],
+        )
