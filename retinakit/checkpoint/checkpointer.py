@@ -1,0 +1,290 @@
+"""Checkpointer: atomic saves, exact resume, fallback past a corrupt newest checkpoint.
+
+A checkpoint is a dict of tensors and plain containers (it loads with
+``torch.load(weights_only=True)``)::
+
+    {"model": state_dict, "optimizer": ..., "scheduler": ..., "trainer": {...},
+     "iteration": int, "rng": [per-rank RNG states], ...extra}
+
+Files: ``OUTPUT_DIR/model_{iter:07d}.pth``, ``model_final.pth`` and ``last_checkpoint``
+(a text file naming the newest complete checkpoint, rewritten only after it is on disk).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from typing import Any, Dict, List, Mapping, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..utils import comm
+
+__all__ = ["Checkpointer", "get_rng_state", "set_rng_state", "atomic_torch_save", "load_checkpoint_file"]
+
+logger = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last_checkpoint"
+_ITER_RE = re.compile(r"model_(\d+)\.pth$")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+# ---------------------------------------------------------------------------- RNG state
+def get_rng_state() -> Dict[str, Any]:
+    """RNG states of python, numpy, torch (CPU) and CUDA, as tensors and numbers."""
+    version, py_state, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
+    state: Dict[str, Any] = {
+        "python_version": version,
+        "python_state": torch.tensor(py_state, dtype=torch.int64),
+        "python_gauss": gauss,
+        "numpy_keys": torch.from_numpy(np_keys.astype(np.int64)),
+        "numpy_pos": int(np_pos),
+        "numpy_has_gauss": int(np_has_gauss),
+        "numpy_cached": float(np_cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` returned."""
+    random.setstate((state["python_version"], tuple(int(x) for x in state["python_state"].tolist()), state["python_gauss"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            state["numpy_has_gauss"],
+            state["numpy_cached"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------- file I/O
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str, writer: Any) -> None:
+    """Write through ``writer(fileobj)`` to a temp file, flush, fsync, rename onto ``path``."""
+    d = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            writer(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(d)
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    atomic_write_bytes(path, lambda f: torch.save(obj, f))
+
+
+def _local_path(path: str) -> str:
+    """A local file for ``path`` (URLs are downloaded and cached through iopath)."""
+    if "://" not in path:
+        return path
+    from iopath.common.file_io import HTTPURLHandler, PathManager
+
+    pm = PathManager()
+    pm.register_handler(HTTPURLHandler())
+    return pm.get_local_path(path)
+
+
+def load_checkpoint_file(path: str) -> Dict[str, Any]:
+    """Load a ``.pth`` (``weights_only=True``) or ``.safetensors`` file onto the CPU."""
+    local = _local_path(path)
+    if local.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError as e:
+            raise ImportError(
+                f"{path} is a safetensors file; install the 'safetensors' package to read it."
+            ) from e
+        return {"model": load_file(local)}
+    obj = torch.load(local, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} does not hold a dict of tensors (got {type(obj).__name__}).")
+    return obj
+
+
+# ---------------------------------------------------------------------------- Checkpointer
+class Checkpointer:
+    """Saves and loads the model plus ``checkpointables`` (objects with ``state_dict``).
+
+    Args:
+        model: the model (a DDP wrapper is unwrapped).
+        save_dir: where checkpoints live.
+        save_to_disk: whether this process writes files (rank 0 by default).
+        checkpointables: e.g. ``optimizer=..., scheduler=..., trainer=...``.
+    """
+
+    def __init__(
+        self, model: nn.Module, save_dir: str = "", *, save_to_disk: Optional[bool] = None, **checkpointables: Any
+    ) -> None:
+        self.model = _unwrap(model)
+        self.save_dir = save_dir
+        self.save_to_disk = comm.is_main_process() if save_to_disk is None else save_to_disk
+        self.checkpointables = checkpointables
+
+    # -- save ------------------------------------------------------------------------
+    def save(self, name: str, **extra: Any) -> Optional[str]:
+        """Write ``save_dir/name.pth`` atomically and point ``last_checkpoint`` to it.
+
+        In a distributed run every rank must call it (RNG states are gathered from all ranks).
+        """
+        rng = comm.all_gather(get_rng_state())
+        if not self.save_to_disk or not self.save_dir:
+            return None
+        data: Dict[str, Any] = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data["rng"] = rng
+        data.update(extra)
+        os.makedirs(self.save_dir, exist_ok=True)
+        path = os.path.join(self.save_dir, f"{name}.pth")
+        atomic_torch_save(data, path)
+        # Only now that the checkpoint is complete on disk does last_checkpoint move.
+        atomic_write_bytes(os.path.join(self.save_dir, LAST_CHECKPOINT), lambda f: f.write(os.path.basename(path).encode()))
+        logger.info(f"Saved checkpoint {path}")
+        return path
+
+    # -- discovery -------------------------------------------------------------------
+    def has_checkpoint(self) -> bool:
+        return bool(self.get_all_checkpoint_files())
+
+    def get_checkpoint_file(self) -> str:
+        """The file named in ``last_checkpoint`` ('' if none)."""
+        p = os.path.join(self.save_dir, LAST_CHECKPOINT)
+        try:
+            with open(p, encoding="utf-8") as f:
+                return os.path.join(self.save_dir, f.read().strip())
+        except OSError:
+            return ""
+
+    def get_all_checkpoint_files(self) -> List[str]:
+        """Checkpoints of ``save_dir``, newest first: last_checkpoint's, then by iteration."""
+        if not self.save_dir or not os.path.isdir(self.save_dir):
+            return []
+        files = []
+        for name in os.listdir(self.save_dir):
+            m = _ITER_RE.match(name)
+            if m:
+                files.append((int(m.group(1)), os.path.join(self.save_dir, name)))
+            elif name == "model_final.pth":
+                files.append((1 << 60, os.path.join(self.save_dir, name)))
+        ordered = [p for _, p in sorted(files, reverse=True)]
+        last = self.get_checkpoint_file()
+        if last and os.path.exists(last):
+            ordered = [last] + [p for p in ordered if p != last]
+        return ordered
+
+    # -- load ------------------------------------------------------------------------
+    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+        """Load ``path``: the model, then the named checkpointables (all by default).
+
+        Returns what is left of the checkpoint (e.g. ``iteration``).
+        """
+        logger.info(f"Loading checkpoint from {path}")
+        ckpt = load_checkpoint_file(path)
+        return self._restore(ckpt, path, checkpointables)
+
+    def _restore(self, ckpt: Dict[str, Any], path: str, checkpointables: Optional[List[str]]) -> Dict[str, Any]:
+        state = ckpt.pop("model", None)
+        if state is None:
+            state = ckpt  # a bare state_dict
+            ckpt = {}
+        self._load_model(state, path)
+        names = self.checkpointables.keys() if checkpointables is None else checkpointables
+        for key in names:
+            if key in ckpt:
+                self.checkpointables[key].load_state_dict(ckpt.pop(key))
+        if checkpointables is not None:
+            ckpt.pop("rng", None)
+        return ckpt
+
+    @staticmethod
+    def restore_rng(extra: Mapping[str, Any]) -> bool:
+        """Restore this rank's RNG states from what :meth:`resume_or_load` returned.
+
+        Kept separate so the caller can first build things that draw random numbers
+        (e.g. a data loader iterator) and then put the RNG exactly where the saved run was.
+        """
+        rng = extra.get("rng")
+        if not rng:
+            return False
+        rank = comm.get_rank()
+        set_rng_state(rng[rank] if rank < len(rng) else rng[0])
+        return True
+
+    def _load_model(self, state: Mapping[str, Any], source: str) -> None:
+        try:
+            from .model_loading import load_model_weights
+        except ImportError:
+            load_model_weights = None
+        if load_model_weights is not None:
+            load_model_weights(self.model, dict(state), source)
+            return
+        own = self.model.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        bad_shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+        if missing or unexpected or bad_shape:
+            raise ValueError(
+                f"Checkpoint {source} does not match the model: missing keys {missing[:10]}, "
+                f"unexpected keys {unexpected[:10]}, shape mismatches {bad_shape[:10]}. "
+                "Is it a checkpoint of another architecture / class count?"
+            )
+        self.model.load_state_dict(state)
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """With ``resume`` and a checkpoint in save_dir: restore everything from the newest
+        loadable one (falling back past corrupt files, with a warning). Otherwise load only
+        the model weights from ``path`` (if given). Returns the rest of the checkpoint
+        (``iteration``, ``rng``: pass it to :meth:`restore_rng`)."""
+        if resume and self.has_checkpoint():
+            return self._resume_newest()
+        if path:
+            return self.load(path, checkpointables=[])
+        return {}
+
+    def _resume_newest(self) -> Dict[str, Any]:
+        errors = []
+        for p in self.get_all_checkpoint_files():
+            try:
+                ckpt = load_checkpoint_file(p)
+            except Exception as e:  # a truncated/corrupt file: try the previous checkpoint
+                logger.warning(f"Checkpoint {p} cannot be read ({type(e).__name__}: {e}); trying an older one.")
+                errors.append(p)
+                continue
+            if errors:
+                logger.warning(f"Resuming from {p} instead of the unreadable {errors}.")
+            logger.info(f"Resuming from {p}")
+            return self._restore(ckpt, p, None)
+        raise RuntimeError(f"No readable checkpoint in {self.save_dir}: every candidate failed: {errors}")

@@ -1,0 +1,407 @@
+"""Defaults for the common case: argument parser, set-up, ``DefaultTrainer``, ``DefaultPredictor``.
+
+``DefaultTrainer`` builds model, optimizer, LR schedule, data loader, checkpointer and the
+default hooks from a config::
+
+    trainer = DefaultTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    trainer.train()
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import os
+import sys
+from typing import Any, Dict, Iterator, List, Optional
+
+import torch
+from torch import nn
+
+from ..checkpoint import Checkpointer
+from ..utils import comm
+from ..utils.env import collect_env_info, seed_all_rng
+from ..utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardWriter
+from ..utils.logger import setup_logger
+from . import hooks
+from .solver import build_lr_scheduler, build_optimizer
+from .train_loop import AMPTrainer, SimpleTrainer, TrainerBase
+
+__all__ = ["default_argument_parser", "default_setup", "default_writers", "DefaultTrainer", "DefaultPredictor"]
+
+logger = logging.getLogger("retinakit.trainer")
+
+
+def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentParser:
+    """``--config-file --resume --eval-only --watch --num-gpus --num-machines --machine-rank
+    --dist-url`` and trailing ``KEY VALUE`` config overrides."""
+    p = argparse.ArgumentParser(
+        epilog=epilog
+        or "Examples:\n  python tools/train_net.py --config-file configs/quickstart/retinanet_R18_shapes.yaml\n"
+        "  python tools/train_net.py --config-file CFG --num-gpus 8 SOLVER.IMS_PER_BATCH 16\n"
+        "  python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS out/model_final.pth",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config-file", default="", metavar="FILE", help="path to the config file")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of OUTPUT_DIR")
+    p.add_argument("--eval-only", action="store_true", help="only evaluate MODEL.WEIGHTS (or the last checkpoint)")
+    p.add_argument("--watch", action="store_true", help="with --eval-only: evaluate each new checkpoint of OUTPUT_DIR")
+    p.add_argument("--num-gpus", type=int, default=1, help="processes per machine (CPU processes without CUDA)")
+    p.add_argument("--num-machines", type=int, default=1)
+    p.add_argument("--machine-rank", type=int, default=0, help="rank of this machine (0 for the first)")
+    p.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 ('auto': a free local port)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE pairs")
+    return p
+
+
+def default_setup(cfg: Any, args: Optional[argparse.Namespace] = None) -> None:
+    """Output dir, logging to ``log.txt``, environment summary, config dump, seeds, cudnn.
+
+    A negative ``SEED`` is replaced by a drawn seed, written into ``cfg`` (it must not be
+    frozen) so the dumped config reproduces the run. Each rank seeds with ``SEED + rank``.
+    """
+    out = cfg.OUTPUT_DIR
+    rank = comm.get_rank()
+    if comm.is_main_process() and out:
+        os.makedirs(out, exist_ok=True)
+    comm.synchronize()
+    setup_logger(out or None, distributed_rank=rank, name="retinakit")
+    logger.info(f"Rank {rank} of {comm.get_world_size()} processes")
+    logger.info("Environment:\n" + collect_env_info())
+    if args is not None:
+        logger.info(f"Command line arguments: {vars(args)}")
+    seed = cfg.SEED if cfg.SEED >= 0 else comm.all_gather(seed_all_rng(None))[0]
+    if cfg.SEED != seed:
+        frozen = cfg.is_frozen()
+        cfg.defrost()
+        cfg.SEED = seed
+        if frozen:
+            cfg.freeze()
+    seed_all_rng(seed + rank)
+    logger.info(f"Seed {seed} (+ rank)")
+    if comm.is_main_process() and out:
+        path = os.path.join(out, "config.yaml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(cfg.dump())
+        logger.info(f"Full config saved to {path}")
+    torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+
+
+def default_writers(output_dir: str, max_iter: int, ims_per_batch: Optional[int] = None) -> List[EventWriter]:
+    """Console line, ``metrics.json`` and TensorBoard events under ``output_dir``."""
+    return [
+        CommonMetricPrinter(max_iter, ims_per_batch),
+        JSONWriter(os.path.join(output_dir, "metrics.json")),
+        TensorboardWriter(output_dir),
+    ]
+
+
+def _truncate_metrics(path: str, start_iter: int) -> None:
+    """On resume, drop rows of iterations the resumed run will redo (written after the checkpoint)."""
+    if not os.path.exists(path):
+        return
+    keep = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line of a killed run
+            if row.get("iteration", -1) < start_iter:
+                keep.append(json.dumps(row, sort_keys=True))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(k + "\n" for k in keep))
+
+
+def fast_forward(loader: Any, n: int) -> Iterator[Any]:
+    """An iterator over ``loader`` with its first ``n`` batches consumed."""
+    it = iter(loader)
+    if n:
+        logger.info(f"Resuming: skipping {n} batches of the data stream to reach the saved position")
+    for _ in range(n):
+        next(it)
+    return it
+
+
+def _accepts(func: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class DefaultTrainer(TrainerBase):
+    """A trainer with the standard set-up and hooks, built from a config.
+
+    Override the ``build_*`` class methods to customise; add hooks with
+    :meth:`register_hooks` (in Python) or by name in ``cfg.HOOKS`` (``HOOK_REGISTRY``).
+    """
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        self.cfg = cfg
+        model = self.build_model(cfg)
+        if cfg.SOLVER.CHANNELS_LAST:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = self.build_optimizer(cfg, model)
+        model = self._wrap_ddp(model)
+        self.model = model
+        self._trainer = self._build_step_trainer(cfg, model, optimizer)
+        self.optimizer = optimizer
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = Checkpointer(
+            model, cfg.OUTPUT_DIR, optimizer=optimizer, scheduler=self.scheduler, trainer=self
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self._resume_extra: Dict[str, Any] = {}
+        self._ema: Optional[hooks.EMAHook] = None
+        self.register_hooks(self.build_hooks())
+
+    # -- construction ----------------------------------------------------------------
+    @staticmethod
+    def _wrap_ddp(model: nn.Module) -> nn.Module:
+        if comm.get_world_size() == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = next(model.parameters()).device
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+    def _build_step_trainer(self, cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer) -> SimpleTrainer:
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        kwargs = dict(
+            accumulate_steps=cfg.SOLVER.ACCUMULATE_STEPS,
+            clip_grad=(clip.CLIP_TYPE, clip.CLIP_VALUE, clip.NORM_TYPE) if clip.ENABLED else None,
+        )
+        if cfg.SOLVER.AMP.ENABLED:
+            dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(cfg.SOLVER.AMP.DTYPE)
+            if dtype is None:
+                from ..config import ConfigError
+
+                raise ConfigError(f"SOLVER.AMP.DTYPE must be 'float16' or 'bfloat16', got {cfg.SOLVER.AMP.DTYPE!r}.")
+            return AMPTrainer(model, [], optimizer, dtype=dtype, **kwargs)
+        return SimpleTrainer(model, [], optimizer, **kwargs)
+
+    @classmethod
+    def build_model(cls, cfg: Any) -> nn.Module:
+        from ..modeling import build_model
+
+        model = build_model(cfg)
+        n = sum(p.numel() for p in model.parameters())
+        logger.info(f"Model {cfg.MODEL.META_ARCHITECTURE}: {n / 1e6:.2f}M parameters")
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg: Any, optimizer: torch.optim.Optimizer) -> Any:
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg: Any, start_iter: int = 0) -> Any:
+        """The training stream positioned at iteration ``start_iter``; per-process
+        micro-batch = IMS_PER_BATCH / (world * ACCUMULATE_STEPS).
+
+        If the data layer's builder accepts ``start_iter`` it is passed; otherwise the
+        stream is fast-forwarded here (every skipped batch is loaded: exact, but slow for
+        a resume late in a long training).
+        """
+        from ..data import build_detection_train_loader
+
+        accum = cfg.SOLVER.ACCUMULATE_STEPS
+        total = cfg.SOLVER.IMS_PER_BATCH
+        if total % (accum * comm.get_world_size()):
+            from ..config import ConfigError
+
+            raise ConfigError(
+                f"SOLVER.IMS_PER_BATCH ({total}) must be divisible by SOLVER.ACCUMULATE_STEPS ({accum}) "
+                f"x the number of processes ({comm.get_world_size()})."
+            )
+        loader_cfg = cfg.clone()
+        loader_cfg.defrost()
+        loader_cfg.SOLVER.IMS_PER_BATCH = total // accum
+        if _accepts(build_detection_train_loader, "start_iter"):
+            return build_detection_train_loader(loader_cfg, start_iter=start_iter * accum)
+        return fast_forward(build_detection_train_loader(loader_cfg), start_iter * accum)
+
+    @classmethod
+    def build_test_loader(cls, cfg: Any, dataset_name: str) -> Any:
+        from ..data import build_detection_test_loader
+
+        return build_detection_test_loader(cfg, dataset_name, batch_size=cfg.TEST.IMS_PER_BATCH)
+
+    @classmethod
+    def build_evaluator(cls, cfg: Any, dataset_name: str, output_folder: Optional[str] = None) -> Any:
+        from ..evaluation import COCOEvaluator
+
+        out = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, out, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+
+    @classmethod
+    def test_dataset_names(cls, cfg: Any) -> List[str]:
+        try:
+            from ..data.build import test_dataset_names
+        except ImportError:
+            return list(cfg.DATASETS.TEST)
+        return test_dataset_names(cfg)
+
+    @classmethod
+    def test(cls, cfg: Any, model: nn.Module, evaluators: Optional[List[Any]] = None) -> Dict[str, Any]:
+        """Evaluate ``model`` on every test dataset; returns ``{dataset: {task: metrics}}``
+        (a single dataset's results directly)."""
+        from ..evaluation import inference_on_dataset
+
+        names = cls.test_dataset_names(cfg)
+        results: Dict[str, Any] = {}
+        for i, name in enumerate(names):
+            loader = cls.build_test_loader(cfg, name)
+            evaluator = evaluators[i] if evaluators else cls.build_evaluator(cfg, name)
+            res = inference_on_dataset(model, loader, evaluator)
+            results[name] = res
+            if comm.is_main_process() and res:
+                _log_results(name, res)
+        if len(results) == 1:
+            return next(iter(results.values()))
+        return results
+
+    def build_hooks(self) -> List[hooks.HookBase]:
+        """Default hooks, in this order (the order matters):
+
+        1. IterationTimer: first, so its before_step starts the clock before other hooks.
+        2. LRScheduler: steps the schedule right after the optimizer step, so every later
+           hook (and the checkpoint) sees the LR of the next iteration.
+        3. EMAHook (SOLVER.EMA): updates the averaged weights from this step's weights,
+           before they are evaluated or saved.
+        4. EvalHook: evaluates after the weights (and EMA) of this iteration are final.
+        5. BestCheckpointer: reads this iteration's evaluation results, so after EvalHook.
+        6. Hooks named in cfg.HOOKS: see every built-in state update above, and their own
+           state is still saved by the checkpointer that follows.
+        7. PeriodicCheckpointer: after every hook that changes state, so the checkpoint holds
+           the state a resumed run needs at the start of the next iteration.
+        8. PeriodicWriter (main process): last, so it writes the metrics every hook logged.
+        """
+        cfg = self.cfg
+        out: List[hooks.HookBase] = [hooks.IterationTimer(), hooks.LRScheduler(self.scheduler)]
+        if cfg.SOLVER.EMA.ENABLED:
+            self._ema = hooks.EMAHook(self.model, cfg.SOLVER.EMA.DECAY)
+            out.append(self._ema)
+        out.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self._eval_function))
+        if cfg.TEST.BEST_METRIC and comm.is_main_process():
+            out.append(hooks.BestCheckpointer(self.checkpointer, cfg.TEST.BEST_METRIC, cfg.TEST.BEST_MODE))
+        for name in cfg.HOOKS:
+            out.append(hooks.HOOK_REGISTRY.get(name)(cfg, self))
+        out.append(
+            hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_iter, cfg.SOLVER.MAX_TO_KEEP)
+        )
+        if comm.is_main_process():
+            writers = self.build_writers()
+            out.append(hooks.PeriodicWriter(writers, period=cfg.SOLVER.LOG_PERIOD))
+        return out
+
+    def build_writers(self) -> List[EventWriter]:
+        return default_writers(self.cfg.OUTPUT_DIR, self.max_iter, self.cfg.SOLVER.IMS_PER_BATCH)
+
+    def _eval_function(self) -> Dict[str, Any]:
+        if not self.test_dataset_names(self.cfg):
+            return {}
+        if self._ema is not None:
+            with self._ema.apply():
+                return self.test(self.cfg, self.model)
+        return self.test(self.cfg, self.model)
+
+    # -- state -----------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+        scaler = getattr(self._trainer, "grad_scaler", None)
+        if scaler is not None:
+            state["grad_scaler"] = scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: Any) -> None:
+        super().load_state_dict(state)
+        scaler = getattr(self._trainer, "grad_scaler", None)
+        if scaler is not None and "grad_scaler" in state:
+            scaler.load_state_dict(state["grad_scaler"])
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """With ``resume`` and a checkpoint in OUTPUT_DIR: restore everything and continue
+        after its iteration. Otherwise load ``MODEL.WEIGHTS`` (model only) and start at 0."""
+        extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        self._resume_extra = extra
+        if resume and "iteration" in extra:
+            self.start_iter = int(extra["iteration"]) + 1
+        else:
+            self.start_iter = 0
+
+    # -- running ---------------------------------------------------------------------
+    def train(self) -> Dict[str, Any]:  # type: ignore[override]
+        """Train from ``start_iter`` to ``SOLVER.MAX_ITER``; returns the last eval results."""
+        # The loader (positioned at start_iter) is built before the RNG states are restored:
+        # building/skipping may draw random numbers, the training steps must not see that.
+        loader = self.build_train_loader(self.cfg, self.start_iter)
+        self._trainer.reset_data_loader(loader)
+        self._trainer.data_iter
+        Checkpointer.restore_rng(self._resume_extra)
+        if self.start_iter > 0 and comm.is_main_process():
+            _truncate_metrics(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), self.start_iter)
+        super().train(self.start_iter, self.max_iter)
+        ev = [h for h in self._hooks if isinstance(h, hooks.EvalHook)]
+        return ev[0].last_results if ev else {}
+
+    def run_step(self) -> None:
+        self._trainer.iter = self.iter
+        self._trainer.run_step()
+
+
+def _log_results(name: str, results: Dict[str, Any]) -> None:
+    for task, metrics in results.items():
+        if isinstance(metrics, dict):
+            main = {k: v for k, v in metrics.items() if not k.startswith("AP-")}
+            text = "  ".join(f"{k}: {v:.4f}" for k, v in main.items())
+            logger.info(f"Evaluation of {name} ({task}): {text}")
+
+
+class DefaultPredictor:
+    """Single-image inference with a config and ``MODEL.WEIGHTS``.
+
+    ``predictor(image)`` takes an ``HxWxC`` uint8 numpy array (or ``CxHxW`` tensor) in the
+    channel order ``INPUT.FORMAT``, resizes its shortest edge to ``INPUT.MIN_SIZE_TEST``
+    (longest at most ``MAX_SIZE_TEST``) and returns ``{"instances": Instances}`` in the
+    input image's coordinates.
+    """
+
+    def __init__(self, cfg: Any) -> None:
+        from ..modeling import build_model
+
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        if cfg.MODEL.WEIGHTS:
+            Checkpointer(self.model, save_to_disk=False).load(cfg.MODEL.WEIGHTS, checkpointables=[])
+        self.min_size, self.max_size = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
+
+    def _resize(self, image: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        if self.min_size <= 0:
+            return image
+        scale = self.min_size / min(h, w)
+        if max(h, w) * scale > self.max_size:
+            scale = self.max_size / max(h, w)
+        size = (int(round(h * scale)), int(round(w * scale)))
+        out = torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)
+        return out[0]
+
+    @torch.inference_mode()
+    def __call__(self, image: Any) -> Dict[str, Any]:
+        t = torch.as_tensor(image)
+        if t.ndim == 3 and t.shape[-1] in (1, 3) and t.shape[0] not in (1, 3):
+            t = t.permute(2, 0, 1)
+        h, w = t.shape[-2:]
+        resized = self._resize(t)
+        return self.model([{"image": resized, "height": h, "width": w}])[0]

@@ -1,0 +1,224 @@
+"""COCO box evaluation on pycocotools (or faster-coco-eval when asked and installed).
+
+Metrics are COCO's: AP (IoU .50:.95), AP50, AP75, APs, APm, APl and per-class AP, as
+fractions in [0, 1] exactly as pycocotools reports them. Detections are written to
+``OUTPUT_DIR/coco_instances_results.json`` in the COCO results format with the dataset's
+ORIGINAL category ids, so running pycocotools on that file gives the same numbers.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import itertools
+import json
+import logging
+import os
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ..utils import comm
+from .evaluator import DatasetEvaluator
+
+__all__ = ["COCOEvaluator", "instances_to_coco_json", "dataset_dicts_to_coco"]
+
+logger = logging.getLogger(__name__)
+
+METRIC_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+
+
+def instances_to_coco_json(instances: Any, image_id: Any, to_dataset_id: Optional[Dict[int, int]]) -> List[Dict[str, Any]]:
+    """Rows ``{image_id, category_id, bbox [x, y, w, h], score}`` of one image's detections.
+
+    ``instances``: Instances with ``pred_boxes`` (Boxes, ``[N, 4]`` xyxy), ``scores`` ``[N]``,
+    ``pred_classes`` ``[N]`` (contiguous ids, mapped back with ``to_dataset_id``).
+    """
+    n = len(instances)
+    if n == 0:
+        return []
+    boxes = instances.pred_boxes.tensor.detach().float().cpu().clone()
+    boxes[:, 2:] -= boxes[:, :2]
+    scores = instances.scores.detach().float().cpu().tolist()
+    classes = instances.pred_classes.detach().cpu().tolist()
+    rows = []
+    for box, score, cls in zip(boxes.tolist(), scores, classes):
+        cat = to_dataset_id[int(cls)] if to_dataset_id is not None else int(cls)
+        rows.append({"image_id": image_id, "category_id": cat, "bbox": box, "score": float(score)})
+    return rows
+
+
+def dataset_dicts_to_coco(dicts: List[Dict[str, Any]], class_names: List[str], to_dataset_id: Dict[int, int]) -> Dict[str, Any]:
+    """A COCO ground-truth dict from dataset dicts (``bbox`` absolute xyxy, contiguous ``category_id``)."""
+    images, anns = [], []
+    for d in dicts:
+        images.append({"id": d["image_id"], "width": d["width"], "height": d["height"], "file_name": d.get("file_name", "")})
+        for a in d.get("annotations", []):
+            x0, y0, x1, y1 = [float(v) for v in a["bbox"]]
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": d["image_id"],
+                    "category_id": to_dataset_id[int(a["category_id"])],
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": float(a.get("area", (x1 - x0) * (y1 - y0))),
+                    "iscrowd": int(a.get("iscrowd", 0)),
+                }
+            )
+    cats = [{"id": to_dataset_id[i], "name": n} for i, n in enumerate(class_names)]
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+def _coco_api(use_fast_impl: bool) -> tuple:
+    """(COCO, COCOeval) classes: faster_coco_eval's when asked for and installed."""
+    if use_fast_impl:
+        try:
+            from faster_coco_eval import COCO, COCOeval_faster
+
+            return COCO, COCOeval_faster
+        except ImportError:
+            logger.warning("faster-coco-eval is not installed; using pycocotools.")
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    return COCO, COCOeval
+
+
+class COCOEvaluator(DatasetEvaluator):
+    """Evaluate boxes with COCO AP.
+
+    Args:
+        dataset_name: a registered dataset; its metadata's ``json_file`` is the ground truth
+            (without one, the dataset dicts are converted).
+        output_dir: where ``coco_instances_results.json`` is written ('' = not written).
+        distributed: gather detections of all processes on the main one.
+        json_file: ground-truth COCO JSON (instead of ``dataset_name``).
+        contiguous_id_to_dataset_id: maps predicted class ids to the JSON's category ids
+            (default: from the metadata, else the sorted category ids of the JSON).
+        max_dets_per_image: COCOeval's maxDets (the last of [1, 10, max]).
+        use_fast_impl: use faster-coco-eval if installed.
+    """
+
+    def __init__(
+        self,
+        dataset_name: Optional[str] = None,
+        output_dir: str = "",
+        *,
+        distributed: bool = True,
+        json_file: Optional[str] = None,
+        contiguous_id_to_dataset_id: Optional[Dict[int, int]] = None,
+        max_dets_per_image: int = 100,
+        use_fast_impl: bool = False,
+    ) -> None:
+        self._distributed = distributed
+        self._output_dir = output_dir
+        self._max_dets = max_dets_per_image
+        self._COCO, self._COCOeval = _coco_api(use_fast_impl)
+        self._to_dataset_id = contiguous_id_to_dataset_id
+        self._class_names: Optional[List[str]] = None
+        gt_source = json_file or self._json_from_catalog(dataset_name)
+        with contextlib.redirect_stdout(io.StringIO()):
+            self._coco_gt = self._COCO(gt_source) if isinstance(gt_source, str) else self._coco_from_dict(gt_source)
+        cats = sorted(self._coco_gt.getCatIds())
+        if self._to_dataset_id is None:
+            self._to_dataset_id = {i: c for i, c in enumerate(cats)}
+        if self._class_names is None:
+            self._class_names = [self._coco_gt.cats[self._to_dataset_id[i]].get("name", str(self._to_dataset_id[i])) for i in range(len(self._to_dataset_id))]
+        self._predictions: List[Dict[str, Any]] = []
+
+    def _coco_from_dict(self, data: Dict[str, Any]) -> Any:
+        coco = self._COCO()
+        coco.dataset = data
+        coco.createIndex()
+        return coco
+
+    def _json_from_catalog(self, name: Optional[str]) -> Any:
+        if name is None:
+            raise ValueError("COCOEvaluator needs dataset_name or json_file.")
+        from ..data import DatasetCatalog, MetadataCatalog
+
+        meta = MetadataCatalog.get(name)
+        mapping = getattr(meta, "thing_dataset_id_to_contiguous_id", None)
+        if mapping and self._to_dataset_id is None:
+            self._to_dataset_id = {v: k for k, v in mapping.items()}
+        json_file = getattr(meta, "json_file", None)
+        if json_file and os.path.exists(json_file):
+            return json_file
+        classes = list(meta.thing_classes)
+        to_id = self._to_dataset_id or {i: i for i in range(len(classes))}
+        self._to_dataset_id = to_id
+        self._class_names = classes
+        logger.info(f"Dataset {name} has no json_file; converting its dataset dicts to COCO format.")
+        return dataset_dicts_to_coco(DatasetCatalog.get(name), classes, to_id)
+
+    def reset(self) -> None:
+        self._predictions = []
+
+    def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
+        for inp, out in zip(inputs, outputs):
+            rows = instances_to_coco_json(out["instances"], inp["image_id"], self._to_dataset_id)
+            self._predictions.append({"image_id": inp["image_id"], "rows": rows})
+
+    def _gathered(self) -> Optional[List[Dict[str, Any]]]:
+        if not self._distributed or comm.get_world_size() == 1:
+            return self._predictions
+        parts = comm.gather(self._predictions, dst=0)
+        return list(itertools.chain(*parts)) if comm.is_main_process() else None
+
+    def evaluate(self) -> Dict[str, Any]:
+        preds = self._gathered()
+        if preds is None:
+            return {}
+        rows = [r for p in preds for r in p["rows"]]
+        image_ids = sorted({p["image_id"] for p in preds})
+        if self._output_dir:
+            os.makedirs(self._output_dir, exist_ok=True)
+            path = os.path.join(self._output_dir, "coco_instances_results.json")
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(rows, f)
+            logger.info(f"Wrote {len(rows)} detections of {len(image_ids)} images to {path}")
+        return OrderedDict(bbox=self._coco_eval(rows, image_ids))
+
+    def _coco_eval(self, rows: List[Dict[str, Any]], image_ids: List[Any]) -> Dict[str, float]:
+        if not rows:
+            logger.warning("No detections at all: every AP is 0.")
+            return {m: 0.0 for m in METRIC_NAMES}
+        with contextlib.redirect_stdout(io.StringIO()) as captured:
+            coco_dt = self._coco_gt.loadRes(copy.deepcopy(rows))
+            ev = self._COCOeval(self._coco_gt, coco_dt, "bbox")
+            ev.params.imgIds = image_ids
+            ev.params.maxDets = [1, 10, self._max_dets]
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        logger.info("COCO box evaluation:\n" + captured.getvalue())
+        results = {m: float(ev.stats[i]) for i, m in enumerate(METRIC_NAMES)}
+        results.update(self._per_class(ev))
+        return results
+
+    def _per_class(self, ev: Any) -> Dict[str, float]:
+        """AP per class (IoU .50:.95, area all, max dets) and a table in the log."""
+        precision = ev.eval["precision"]  # [T IoUs, R recalls, K classes, A areas, M maxDets]
+        cat_ids = list(ev.params.catIds)
+        out: Dict[str, float] = {}
+        for k, name in enumerate(self._class_names or []):
+            cat = self._to_dataset_id[k]
+            if cat not in cat_ids:
+                continue
+            p = precision[:, :, cat_ids.index(cat), 0, -1]
+            p = p[p > -1]
+            out[f"AP-{name}"] = float(np.mean(p)) if p.size else float("nan")
+        self._log_table(out)
+        return out
+
+    @staticmethod
+    def _log_table(per_class: Dict[str, float]) -> None:
+        from tabulate import tabulate
+
+        items = [(k[3:], f"{v:.3f}") for k, v in per_class.items()]
+        cols = 3
+        flat = list(itertools.chain(*items))
+        rows = [flat[i : i + 2 * cols] for i in range(0, len(flat), 2 * cols)]
+        logger.info("Per-class AP:\n" + tabulate(rows, headers=["category", "AP"] * cols, tablefmt="pipe"))

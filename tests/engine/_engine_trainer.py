@@ -1,0 +1,57 @@
+"""A DefaultTrainer on the dummy model and synthetic stream (no data/model packages needed)."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import torch
+from torch import nn
+
+from _engine_dummy import DummyDetector, SyntheticLoader
+from retinakit.config import get_cfg
+from retinakit.engine import DefaultTrainer
+from retinakit.utils import comm
+
+
+class DummyTrainer(DefaultTrainer):
+    nan_at_call = -1
+
+    @classmethod
+    def build_model(cls, cfg: Any) -> nn.Module:
+        return DummyDetector(nan_at_call=cls.nan_at_call)
+
+    @classmethod
+    def build_train_loader(cls, cfg: Any, start_iter: int = 0) -> Any:
+        accum = cfg.SOLVER.ACCUMULATE_STEPS
+        bs = cfg.SOLVER.IMS_PER_BATCH // (accum * comm.get_world_size())
+        return SyntheticLoader(bs, comm.get_rank(), comm.get_world_size(), start_iter * accum)
+
+    @classmethod
+    def test_dataset_names(cls, cfg: Any) -> List[str]:
+        return []
+
+
+def tiny_cfg(output_dir: str, **overrides: Any) -> Any:
+    cfg = get_cfg()
+    cfg.OUTPUT_DIR = output_dir
+    cfg.SEED = 7
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.SOLVER.IMS_PER_BATCH = 4
+    cfg.SOLVER.BASE_LR = 0.05
+    cfg.SOLVER.MAX_ITER = 12
+    cfg.SOLVER.STEPS = (8,)
+    cfg.SOLVER.WARMUP_ITERS = 3
+    cfg.SOLVER.CHECKPOINT_PERIOD = 2
+    cfg.SOLVER.LOG_PERIOD = 5
+    cfg.TEST.BEST_METRIC = ""
+    for k, v in overrides.items():
+        node = cfg
+        parts = k.split("__")
+        for p in parts[:-1]:
+            node = node[p]
+        node[parts[-1]] = v
+    return cfg
+
+
+def params_of(model: nn.Module) -> Dict[str, torch.Tensor]:
+    m = model.module if hasattr(model, "module") else model
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
