@@ -1,0 +1,229 @@
+"""NVIDIA DALI backend (``DATALOADER.BACKEND: dali``; ``pip install retinakit[dali]``).
+
+The dataset dicts, sampler, aspect-ratio grouping and random parameters
+(:meth:`DetectionTransform.sample_params`) are the torch backend's; DALI reads the files'
+bytes from an external source and decodes, resizes (bilinear, antialiased), flips and
+transposes to CHW. Boxes are transformed by the same code as the torch backend, so the
+batches are the same ``list[dict]`` (``image`` uint8 ``[3, H, W]``, ``instances``, ...).
+Normalisation and padding happen in the model (``ImageList``) for both backends.
+CPU operators run without a GPU (``device_id=None``); with ``DATALOADER.DALI.DEVICE``
+"auto" or "gpu" and a visible GPU, decoding ("mixed") and resizing run on the GPU and
+the images come back as CUDA tensors.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .errors import BadImageError
+from .mapper import annotations_to_instances
+from .samplers import InferenceSampler, TrainingSampler, world_info
+from .transforms import DetectionTransform, TransformParams
+
+__all__ = ["dali_available", "DaliLoader", "build_dali_train_loader", "build_dali_test_loader"]
+
+_MISSING = (
+    "DATALOADER.BACKEND 'dali' needs NVIDIA DALI, which is not installed. Install the extra: "
+    "pip install 'retinakit[dali]' (it provides nvidia-dali-cuda130), or set DATALOADER.BACKEND torch."
+)
+
+
+def dali_available() -> bool:
+    """True when ``nvidia.dali`` imports."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _dali():
+    try:
+        import nvidia.dali as dali
+        import nvidia.dali.fn  # noqa: F401
+        import nvidia.dali.types  # noqa: F401
+    except ImportError:
+        raise ImportError(_MISSING) from None
+    return dali
+
+
+def _resolve_device(device: str) -> Optional[int]:
+    """CUDA device id for DALI's GPU operators, or None for CPU only."""
+    if device not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"DATALOADER.DALI.DEVICE must be 'auto', 'cpu' or 'gpu', got {device!r}.")
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return None
+    if not torch.cuda.is_available():
+        raise RuntimeError("DATALOADER.DALI.DEVICE is 'gpu' but no CUDA device is visible; use 'auto' or 'cpu'.")
+    return torch.cuda.current_device()
+
+
+def _build_pipeline(source: Any, batch_size: int, device_id: Optional[int], num_threads: int, prefetch: int, image_format: str):
+    dali = _dali()
+    fn, types = dali.fn, dali.types
+    gpu = device_id is not None
+
+    @dali.pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=prefetch)
+    def pipe():
+        raw, out_h, out_w, hflip, vflip = fn.external_source(source=source, num_outputs=5, batch=True)
+        out_type = types.RGB if image_format == "RGB" else types.BGR
+        img = fn.decoders.image(raw, device="mixed" if gpu else "cpu", output_type=out_type)
+        decoded_shape = img.shape() if hasattr(img, "shape") else fn.shapes(img)
+        img = fn.resize(img, resize_x=out_w, resize_y=out_h, interp_type=types.INTERP_LINEAR, antialias=True)
+        img = fn.flip(img, horizontal=hflip, vertical=vflip)
+        return fn.transpose(img, perm=[2, 0, 1]), decoded_shape
+
+    p = pipe()
+    p.build()
+    return p
+
+
+def _to_torch(tensor: Any, device_id: Optional[int]) -> torch.Tensor:
+    if device_id is None:
+        return torch.from_numpy(np.array(tensor))
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+
+    out = torch.empty(tuple(tensor.shape()), dtype=torch.uint8, device=f"cuda:{device_id}")
+    feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(device_id))
+    return out
+
+
+class DaliLoader:
+    """Iterable of ``list[dict]`` produced by a DALI pipeline, in the torch loader's format.
+
+    ``indices``: the sampler (infinite for training, finite for inference); batches of
+    ``batch_size`` are grouped by orientation when ``group``; ``keep_instances`` adds
+    ``instances`` built from the dicts' annotations.
+    """
+
+    def __init__(
+        self,
+        dataset: List[dict],
+        transform: DetectionTransform,
+        batch_size: int,
+        indices: Iterable[int],
+        *,
+        keep_instances: bool = True,
+        group: bool = True,
+        image_format: str = "RGB",
+        device: str = "auto",
+        num_threads: int = 2,
+        prefetch: int = 2,
+        seed: int = 0,
+    ) -> None:
+        self.dataset, self.transform, self.batch_size = dataset, transform, batch_size
+        self.indices, self.keep_instances, self.group = indices, keep_instances, group
+        self.image_format, self.num_threads, self.prefetch = image_format, num_threads, prefetch
+        self.device_id = _resolve_device(device)
+        self.generator = torch.Generator().manual_seed(seed)
+        _dali()
+
+    def _batches(self) -> Iterator[List[int]]:
+        buckets: List[List[int]] = [[], []]
+        for i in self.indices:
+            d = self.dataset[i]
+            b = buckets[int(d["height"] > d["width"]) if self.group else 0]
+            b.append(i)
+            if len(b) == self.batch_size:
+                yield b[:]
+                del b[:]
+        rest = [i for b in buckets for i in b]
+        for k in range(0, len(rest), self.batch_size):
+            yield rest[k : k + self.batch_size]
+
+    def _source(self, batches: Iterator[List[int]], pending: collections.deque):
+        def feed():
+            idx = next(batches)  # StopIteration ends the pipeline's epoch
+            dicts = [self.dataset[i] for i in idx]
+            params = [self.transform.sample_params(d["height"], d["width"], self.generator) for d in dicts]
+            pending.append((dicts, params))
+            raws = [np.fromfile(d["file_name"], dtype=np.uint8) for d in dicts]
+            h = [np.array(p.out_size[0], np.float32) for p in params]
+            w = [np.array(p.out_size[1], np.float32) for p in params]
+            hf = [np.array(int(p.hflip), np.int32) for p in params]
+            vf = [np.array(int(p.vflip), np.int32) for p in params]
+            return raws, h, w, hf, vf
+
+        return feed
+
+    def _sample(self, d: Dict[str, Any], p: TransformParams, image: torch.Tensor, decoded: Tuple[int, int]) -> Dict[str, Any]:
+        if (d["height"], d["width"]) != decoded:
+            raise BadImageError(
+                f"Image {d['file_name']} (image id {d['image_id']}) decodes to {decoded[1]}x{decoded[0]} (width x height) "
+                f"but the dataset says {d['width']}x{d['height']}. Fix 'width'/'height' in the JSON."
+            )
+        if self.transform.color is not None:
+            image = self.transform.apply_image(image, TransformParams(p.out_size, photometric_seed=p.photometric_seed))
+        out = {k: v for k, v in d.items() if k != "annotations"}
+        out["image"] = image
+        if self.keep_instances and "annotations" in d:
+            boxes = torch.tensor([a["bbox"] for a in d["annotations"]], dtype=torch.float32).reshape(-1, 4)
+            boxes = self.transform.apply_boxes(boxes, (d["height"], d["width"]), p)
+            out["instances"] = annotations_to_instances(d["annotations"], boxes, p.out_size)
+        return out
+
+    def _run(self, pipe: Any, pending: collections.deque) -> Optional[List[Dict[str, Any]]]:
+        try:
+            images, shapes = pipe.run()
+        except StopIteration:
+            return None
+        except RuntimeError as e:
+            files = [d["file_name"] for d in pending[0][0]] if pending else []
+            raise BadImageError(
+                f"DALI failed on a batch with the images {files}: {str(e).splitlines()[0]}. Check these files "
+                "(or use DATALOADER.BACKEND torch with DATALOADER.ON_BAD_IMAGE skip to drop unreadable images)."
+            ) from e
+        dicts, params = pending.popleft()
+        shapes = shapes.as_cpu() if hasattr(shapes, "as_cpu") else shapes
+        return [
+            self._sample(d, p, _to_torch(images[k], self.device_id), tuple(int(v) for v in np.array(shapes[k])[:2]))
+            for k, (d, p) in enumerate(zip(dicts, params))
+        ]
+
+    def __iter__(self) -> Iterator[List[Dict[str, Any]]]:
+        pending: collections.deque = collections.deque()
+        source = self._source(self._batches(), pending)
+        pipe = _build_pipeline(source, self.batch_size, self.device_id, self.num_threads, self.prefetch, self.image_format)
+        while True:
+            batch = self._run(pipe, pending)
+            if batch is None:
+                return
+            yield batch
+
+
+def build_dali_train_loader(cfg: Any, dataset: List[dict], batch_size: int, seed: int) -> DaliLoader:
+    """The DALI training loader of ``cfg`` (same sampler, grouping and transform as torch's)."""
+    rank = world_info()[0]
+    return DaliLoader(
+        dataset,
+        DetectionTransform.from_config(cfg, is_train=True),
+        batch_size,
+        TrainingSampler(len(dataset), seed=seed),
+        keep_instances=True,
+        group=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        image_format=cfg.INPUT.FORMAT,
+        device=cfg.DATALOADER.DALI.DEVICE,
+        num_threads=cfg.DATALOADER.DALI.NUM_THREADS,
+        prefetch=cfg.DATALOADER.DALI.PREFETCH_QUEUE_DEPTH,
+        seed=seed + rank,
+    )
+
+
+def build_dali_test_loader(cfg: Any, dataset: List[dict], batch_size: int = 1, keep_instances: bool = False) -> DaliLoader:
+    """DALI loader over this rank's shard of ``dataset`` with the test-time transform."""
+    return DaliLoader(
+        dataset,
+        DetectionTransform.from_config(cfg, is_train=False),
+        batch_size,
+        InferenceSampler(len(dataset)),
+        keep_instances=keep_instances,
+        group=False,
+        image_format=cfg.INPUT.FORMAT,
+        device=cfg.DATALOADER.DALI.DEVICE,
+        num_threads=cfg.DATALOADER.DALI.NUM_THREADS,
+        prefetch=cfg.DATALOADER.DALI.PREFETCH_QUEUE_DEPTH,
+    )
