@@ -1,0 +1,20 @@
+"""DDP with 2 gloo processes on CPU equals 1 process with the same global batch."""
+from __future__ import annotations
+
+import torch
+
+from _engine_ddp import train_and_save
+from retinakit.engine import launch
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    one, two = str(tmp_path / "one.pt"), str(tmp_path / "two.pt")
+    launch(train_and_save, 1, args=(str(tmp_path / "o1"), one))
+    launch(train_and_save, 2, dist_url="auto", args=(str(tmp_path / "o2"), two))
+    a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
+    assert (a["world"], b["world"]) == (1, 2)
+    assert len(a["losses"]) == len(b["losses"]) == 6
+    torch.testing.assert_close(torch.tensor(a["losses"]), torch.tensor(b["losses"]), rtol=1e-4, atol=1e-5)
+    for k in a["params"]:
+        torch.testing.assert_close(a["params"][k], b["params"][k], rtol=1e-4, atol=1e-5, msg=k)
+    assert not torch.equal(a["params"]["conv.weight"], torch.zeros_like(a["params"]["conv.weight"]))
