@@ -7,8 +7,8 @@ from .build import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
     register_datasets_from_cfg,
-    test_dataset_names,
-    train_dataset_names,
+    get_eval_dataset_names,
+    get_train_dataset_names,
 )
 from .catalog import DatasetCatalog, Metadata, MetadataCatalog
 from .coco import load_coco_json, register_coco_instances
@@ -34,8 +34,8 @@ __all__ = [
     "read_image",
     "register_coco_instances",
     "register_datasets_from_cfg",
-    "test_dataset_names",
-    "train_dataset_names",
+    "get_eval_dataset_names",
+    "get_train_dataset_names",
 ]
 
 register_all_shapes()

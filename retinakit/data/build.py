@@ -22,8 +22,8 @@ __all__ = [
     "build_detection_train_loader",
     "build_detection_test_loader",
     "register_datasets_from_cfg",
-    "train_dataset_names",
-    "test_dataset_names",
+    "get_train_dataset_names",
+    "get_eval_dataset_names",
     "worker_init_reset_seed",
 ]
 
@@ -56,12 +56,12 @@ def register_datasets_from_cfg(cfg: Any) -> Tuple[List[str], List[str]]:
     return train, test
 
 
-def train_dataset_names(cfg: Any) -> List[str]:
+def get_train_dataset_names(cfg: Any) -> List[str]:
     """``DATASETS.TRAIN`` plus "cfg_train" when ``DATASETS.TRAIN_JSON`` is set."""
     return list(cfg.DATASETS.TRAIN) + register_datasets_from_cfg(cfg)[0]
 
 
-def test_dataset_names(cfg: Any) -> List[str]:
+def get_eval_dataset_names(cfg: Any) -> List[str]:
     """``DATASETS.TEST`` plus "cfg_test" when ``DATASETS.TEST_JSON`` is set (what to evaluate)."""
     return list(cfg.DATASETS.TEST) + register_datasets_from_cfg(cfg)[1]
 
@@ -160,7 +160,7 @@ def build_detection_train_loader(cfg: Any, mapper: Optional[Callable] = None, da
     ``DATALOADER.BACKEND: dali`` returns the DALI loader with the same batch structure.
     """
     if dataset is None:
-        dataset = _dicts_from_cfg(cfg, train_dataset_names(cfg), cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        dataset = _dicts_from_cfg(cfg, get_train_dataset_names(cfg), cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
     batch = _per_rank_batch(cfg.SOLVER.IMS_PER_BATCH)
     seed = shared_seed(cfg.SEED)
     backend = cfg.DATALOADER.BACKEND

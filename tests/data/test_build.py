@@ -1,0 +1,116 @@
+"""Loaders built from a config."""
+import itertools
+import json
+
+import pytest
+import torch
+
+from retinakit.config import get_cfg
+from retinakit.data import (
+    DatasetCatalog,
+    DatasetError,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+    register_coco_instances,
+    get_eval_dataset_names,
+    get_train_dataset_names,
+)
+from retinakit.data import samplers
+
+from .helpers import make_coco
+
+
+def _cfg(js, root, **kw):
+    cfg = get_cfg()
+    cfg.DATASETS.TRAIN_JSON, cfg.DATASETS.TRAIN_IMAGES = js, root
+    cfg.DATASETS.TEST_JSON, cfg.DATASETS.TEST_IMAGES = js, root
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TEST = (32,), 100, 32
+    cfg.SOLVER.IMS_PER_BATCH, cfg.SEED, cfg.DATALOADER.NUM_WORKERS = 2, 7, 0
+    for k, v in kw.items():
+        cfg.merge_from_list([k, v])
+    return cfg
+
+
+def _ids(loader, n):
+    return [[d["image_id"] for d in b] for b in itertools.islice(iter(loader), n)]
+
+
+def test_config_datasets_and_train_loader(coco_dir):
+    cfg = _cfg(*coco_dir)
+    assert get_train_dataset_names(cfg) == ["cfg_train"] and get_eval_dataset_names(cfg) == ["cfg_test"]
+    assert MetadataCatalog.get("cfg_train").thing_classes == ["c3", "c7", "c11"]
+    batches = list(itertools.islice(iter(build_detection_train_loader(cfg)), 6))
+    assert all(len(b) == 2 for b in batches)
+    for b in batches:  # aspect-ratio grouped: all landscape/square or all portrait
+        assert len({d["image"].shape[1] > d["image"].shape[2] for d in b}) == 1
+        assert all("instances" in d and d["image"].dtype == torch.uint8 for d in b)
+    assert _ids(build_detection_train_loader(cfg), 6) == [[d["image_id"] for d in b] for b in batches]  # seeded
+
+
+def test_train_loader_with_workers_is_deterministic(coco_dir):
+    cfg = _cfg(*coco_dir, **{"DATALOADER.NUM_WORKERS": 1, "DATALOADER.ASPECT_RATIO_GROUPING": False, "INPUT.RANDOM_FLIP": "horizontal"})
+    a = [[d["instances"].gt_boxes.tensor for d in b] for b in itertools.islice(iter(build_detection_train_loader(cfg)), 4)]
+    b = [[d["instances"].gt_boxes.tensor for d in b] for b in itertools.islice(iter(build_detection_train_loader(cfg)), 4)]
+    assert all(torch.equal(x, y) for xs, ys in zip(a, b) for x, y in zip(xs, ys))
+
+
+def test_per_rank_batch_and_shards(coco_dir, monkeypatch):
+    monkeypatch.setattr(samplers, "world_info", lambda: (1, 2))
+    from retinakit.data import build as build_mod
+
+    monkeypatch.setattr(build_mod, "world_info", lambda: (1, 2))
+    cfg = _cfg(*coco_dir, **{"SOLVER.IMS_PER_BATCH": 4})
+    assert all(len(b) == 2 for b in itertools.islice(iter(build_detection_train_loader(cfg)), 3))
+    cfg.SOLVER.IMS_PER_BATCH = 3
+    with pytest.raises(ValueError, match="multiple of the number of processes"):
+        build_detection_train_loader(cfg)
+    test = build_detection_test_loader(cfg, "cfg_test")
+    assert [d["image_id"] for b in test for d in b] == [102]  # rank 1 of 2 gets the last of 3 images
+
+
+def test_test_loader_order_batches_and_skip(tmp_path):
+    js = make_coco(str(tmp_path), sizes=[(20, 20)] * 5)
+    (tmp_path / "img" / "im1.png").write_bytes(b"broken")
+    cfg = _cfg(js, str(tmp_path / "img"), **{"DATALOADER.ON_BAD_IMAGE": "skip", "DATASETS.CHECK_IMAGE_FILES": False})
+    loader = build_detection_test_loader(cfg, "cfg_test", batch_size=2)
+    assert len(loader) == 3
+    assert [[d["image_id"] for d in b] for b in loader] == [[100], [102, 103], [104]]
+    assert all("instances" not in d for b in loader for d in b)
+
+
+def test_dataset_errors(coco_dir, tmp_path):
+    with pytest.raises(KeyError, match="not registered.*register_coco_instances"):
+        get_detection_dataset_dicts(["no_such_dataset"])
+    with pytest.raises(DatasetError, match="No dataset given"):
+        get_detection_dataset_dicts([])
+    cfg = _cfg(*coco_dir)
+    cfg.DATASETS.TRAIN_IMAGES = ""
+    with pytest.raises(DatasetError, match="TRAIN_IMAGES is empty"):
+        get_train_dataset_names(cfg)
+    get_train_dataset_names(_cfg(*coco_dir))
+    other = make_coco(str(tmp_path / "o"), cat_ids=(1, 2))
+    register_coco_instances("t_other", {}, other, str(tmp_path / "o" / "img"))
+    try:
+        with pytest.raises(DatasetError, match="different class lists"):
+            get_detection_dataset_dicts(["cfg_train", "t_other"])
+    finally:
+        DatasetCatalog.remove("t_other")
+        MetadataCatalog.remove("t_other")
+
+
+def test_filter_empty_and_policies_from_cfg(tmp_path):
+    def edit(d):
+        d["annotations"] = [a for a in d["annotations"] if a["image_id"] != 101]
+        d["annotations"][0]["bbox"] = [1, 1, -1, 1]
+
+    js = make_coco(str(tmp_path), mutate=edit)
+    cfg = _cfg(js, str(tmp_path / "img"))
+    with pytest.raises(DatasetError, match="negative width"):
+        next(iter(build_detection_train_loader(cfg)))
+    cfg.DATALOADER.ON_BAD_ANNOTATION = "skip"
+    cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
+    ids = {d["image_id"] for b in itertools.islice(iter(build_detection_train_loader(cfg)), 5) for d in b}
+    assert ids == {100, 102}
+    assert json.load(open(js))["annotations"][0]["bbox"] == [1, 1, -1, 1]
