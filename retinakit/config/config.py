@@ -140,6 +140,8 @@ class CfgNode(_FvCfgNode):
                     raise ConfigError(f"Config key {full} (from {source}) is a group of keys; got {value!r}.")
                 out[key] = self._check(value, default, full + ".", source)
             else:
+                if isinstance(value, str) and not isinstance(default, str):
+                    value = self._decode_cfg_value(value)  # "(800,)" in YAML -> tuple, as yacs does
                 out[key] = _coerce(value, default, full, source)
         return out
 

@@ -54,6 +54,10 @@ def add_model_config(_C: CN) -> None:
     _C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0
     # Round base anchor corners to integers (torchvision does).
     _C.MODEL.ANCHOR_GENERATOR.ROUND = False
+    # Use stride = padded image size // feature size per level (torchvision's rule) instead
+    # of the backbone's nominal strides (they differ for P6/P7 when the padded size is not a
+    # multiple of 128).
+    _C.MODEL.ANCHOR_GENERATOR.STRIDES_FROM_IMAGE = False
 
     _C.MODEL.RETINANET = CN()
     _C.MODEL.RETINANET.NUM_CLASSES = 80

@@ -1,0 +1,110 @@
+"""Load weights into a model with precise messages about what does not fit.
+
+* retinakit checkpoints (``{"model": state_dict, ...}``) and bare state dicts load directly;
+* torchvision RetinaNet / ImageNet ResNet weights are recognised and converted on the fly;
+* a parameter whose shape depends on the class count (``model.class_specific_keys``) is
+  skipped with a warning when the counts differ (fine-tuning on another dataset);
+* any other shape mismatch, or keys the model does not have, raise
+  :class:`CheckpointMismatchError` naming the keys and shapes (another architecture);
+* keys the checkpoint lacks are reported in one warning (e.g. backbone-only weights).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Tuple
+
+import torch
+from torch import nn
+
+from .converters import convert, detect_source
+
+__all__ = ["CheckpointMismatchError", "LoadReport", "load_model_weights", "extract_state_dict"]
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint does not fit the model (another architecture or backbone depth)."""
+
+
+@dataclass
+class LoadReport:
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    skipped_class_specific: List[Tuple[str, tuple, tuple]] = field(default_factory=list)
+    converted_from: str = ""
+
+
+def _group(keys: List[str], depth: int = 2) -> str:
+    groups: Dict[str, int] = {}
+    for k in keys:
+        g = ".".join(k.split(".")[:depth])
+        groups[g] = groups.get(g, 0) + 1
+    return ", ".join(f"{g}.* ({n})" for g, n in sorted(groups.items()))
+
+
+def extract_state_dict(checkpoint: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+    """The model state dict inside a checkpoint (``model`` / ``state_dict`` entry or the dict itself)."""
+    for key in ("model", "state_dict", "model_state_dict"):
+        if key in checkpoint and isinstance(checkpoint[key], Mapping):
+            checkpoint = checkpoint[key]
+            break
+    sd = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    if sd and all(k.startswith("module.") for k in sd):  # saved from DistributedDataParallel
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _native(sd: Mapping[str, torch.Tensor], model_sd: Mapping[str, torch.Tensor]) -> bool:
+    return any(k in model_sd for k in sd)
+
+
+def load_model_weights(model: nn.Module, checkpoint: Mapping[str, Any], source: str = "checkpoint") -> LoadReport:
+    """Load ``checkpoint`` into ``model``; see the module docstring for the rules."""
+    report = LoadReport()
+    sd = extract_state_dict(checkpoint)
+    target = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    model_sd = target.state_dict()
+    if not _native(sd, model_sd):
+        origin = detect_source(sd)
+        if origin is not None:
+            sd, info = convert(origin, sd)
+            report.converted_from = origin
+            logger.info("Converted %s weights from %s (%s).", origin, source, info.get("kind", ""))
+    class_prefixes = tuple(getattr(target, "class_specific_keys", ()))
+    usable: Dict[str, torch.Tensor] = {}
+    bad_shapes, unexpected = [], []
+    for key, value in sd.items():
+        if key not in model_sd:
+            unexpected.append(key)
+        elif tuple(value.shape) != tuple(model_sd[key].shape):
+            entry = (key, tuple(value.shape), tuple(model_sd[key].shape))
+            (report.skipped_class_specific if key.startswith(class_prefixes) else bad_shapes).append(entry)
+        else:
+            usable[key] = value
+    if bad_shapes or unexpected:
+        lines = [f"  {k}: checkpoint {s} vs model {m}" for k, s, m in bad_shapes[:10]]
+        if unexpected:
+            lines.append(f"  keys the model does not have: {_group(unexpected, 3)}")
+        raise CheckpointMismatchError(
+            f"The weights in {source} do not fit this model ({len(bad_shapes)} shape mismatches, "
+            f"{len(unexpected)} unknown keys):\n" + "\n".join(lines) +
+            "\nIs it a checkpoint of another architecture (e.g. another MODEL.RESNETS.DEPTH, NUM_CONVS, "
+            "anchor count or FPN setting)? Use the config the checkpoint was trained with."
+        )
+    if not usable:
+        raise CheckpointMismatchError(f"None of the {len(sd)} tensors in {source} matches a parameter of this model.")
+    for key, ckpt_shape, model_shape in report.skipped_class_specific:
+        logger.warning(
+            "Skipped %s from %s: shape %s in the checkpoint vs %s in the model (different class count); "
+            "it keeps its initialisation.", key, source, ckpt_shape, model_shape,
+        )
+    target.load_state_dict(usable, strict=False)
+    report.loaded = sorted(usable)
+    skipped = {s[0] for s in report.skipped_class_specific}
+    report.missing = sorted(k for k in model_sd if k not in usable and k not in skipped and not k.endswith("num_batches_tracked"))
+    if report.missing:
+        logger.warning("%d tensors of the model are not in %s and keep their initialisation: %s",
+                       len(report.missing), source, _group(report.missing))
+    return report

@@ -1,0 +1,39 @@
+"""Models: every component has its own registry and is selectable from the config.
+
+``build_model(cfg)`` builds ``MODEL.META_ARCHITECTURE`` after importing ``CUSTOM_IMPORTS``.
+"""
+from .anchor_generator import ANCHOR_GENERATOR_REGISTRY, DefaultAnchorGenerator, build_anchor_generator
+from .backbone import BACKBONE_REGISTRY, FPN, Backbone, ResNet, ShapeSpec, build_backbone
+from .box_coder import BOX_CODER_REGISTRY, DeltaXYWHBoxCoder, build_box_coder
+from .heads import HEAD_REGISTRY, RetinaNetHead, build_head
+from .losses import LOSS_REGISTRY, build_loss
+from .matcher import MATCHER_REGISTRY, IoUMatcher, build_matcher
+from .meta_arch import META_ARCH_REGISTRY, RetinaNet, build_model
+from .postprocess import POSTPROCESSOR_REGISTRY
+
+__all__ = [
+    "ANCHOR_GENERATOR_REGISTRY",
+    "BACKBONE_REGISTRY",
+    "BOX_CODER_REGISTRY",
+    "HEAD_REGISTRY",
+    "LOSS_REGISTRY",
+    "MATCHER_REGISTRY",
+    "META_ARCH_REGISTRY",
+    "POSTPROCESSOR_REGISTRY",
+    "Backbone",
+    "DefaultAnchorGenerator",
+    "DeltaXYWHBoxCoder",
+    "FPN",
+    "IoUMatcher",
+    "ResNet",
+    "RetinaNet",
+    "RetinaNetHead",
+    "ShapeSpec",
+    "build_anchor_generator",
+    "build_backbone",
+    "build_box_coder",
+    "build_head",
+    "build_loss",
+    "build_matcher",
+    "build_model",
+]

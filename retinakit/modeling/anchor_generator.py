@@ -1,0 +1,142 @@
+"""Anchor generators: ``ANCHOR_GENERATOR_REGISTRY`` and ``DefaultAnchorGenerator``."""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..config import configurable
+from ..utils.registry import Registry
+from .backbone import ShapeSpec
+
+__all__ = ["ANCHOR_GENERATOR_REGISTRY", "DefaultAnchorGenerator", "build_anchor_generator"]
+
+ANCHOR_GENERATOR_REGISTRY = Registry(
+    "ANCHOR_GENERATOR",
+    doc="""Anchor generators. Entries are called as ``cls(cfg, input_shapes: list[ShapeSpec])``
+    (or with keyword arguments) and return an ``nn.Module`` with
+
+    * ``num_anchors: list[int]`` - anchors per location for each level (the head reads it);
+    * ``forward(features: list[Tensor[N, C, H_l, W_l]], image_size: (H, W)) -> list[Tensor[H_l*W_l*A_l, 4]]``
+      - XYXY anchors of each level, ordered location-major (row, column), anchor-minor.
+    """,
+)
+
+
+def _broadcast(values: Sequence, num_levels: int, key: str) -> List[List[float]]:
+    """One list per level: a single list (or a list of one list) applies to every level."""
+    values = list(values)
+    if not values:
+        raise ValueError(f"{key} is empty.")
+    if not isinstance(values[0], (list, tuple)):
+        values = [values]
+    if len(values) == 1:
+        values = values * num_levels
+    if len(values) != num_levels:
+        raise ValueError(f"{key} has {len(values)} lists but the head uses {num_levels} feature levels; give one list per level or a single list.")
+    return [list(map(float, v)) for v in values]
+
+
+class DefaultAnchorGenerator(nn.Module):
+    """Anchors of ``sizes x octave_scales`` areas and ``aspect_ratios`` (h/w) at every location.
+
+    For a level with base sizes ``S``, octave scales ``O`` and ratios ``R``, the anchors of
+    one location are ordered ratio-major: ``for r in R: for s in S: for o in O`` (this is
+    torchvision's order). Centres are at ``(i + offset) * stride``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        strides: Sequence[int],
+        sizes: Sequence = ((32,), (64,), (128,), (256,), (512,)),
+        octave_scales: Sequence[float] = (1.0, 2 ** (1.0 / 3), 2 ** (2.0 / 3)),
+        aspect_ratios: Sequence = ((0.5, 1.0, 2.0),),
+        offset: float = 0.0,
+        round_anchors: bool = False,
+        strides_from_image: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= offset < 1.0:
+            raise ValueError(f"MODEL.ANCHOR_GENERATOR.OFFSET must be in [0, 1), got {offset}.")
+        self.strides = [int(s) for s in strides]
+        n = len(self.strides)
+        self.sizes = _broadcast(sizes, n, "MODEL.ANCHOR_GENERATOR.SIZES")
+        self.aspect_ratios = _broadcast(aspect_ratios, n, "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS")
+        self.octave_scales = [float(o) for o in octave_scales]
+        self.offset = offset
+        self.round_anchors = round_anchors
+        self.strides_from_image = strides_from_image
+        cell = [self._cell_anchors(s, r) for s, r in zip(self.sizes, self.aspect_ratios)]
+        for i, c in enumerate(cell):
+            self.register_buffer(f"cell_anchors_{i}", c, persistent=False)
+        self._cache: Dict[Tuple, List[torch.Tensor]] = {}
+
+    @classmethod
+    def from_config(cls, cfg, input_shapes: Sequence[ShapeSpec]) -> dict:
+        a = cfg.MODEL.ANCHOR_GENERATOR
+        return dict(
+            strides=[s.stride for s in input_shapes],
+            sizes=a.SIZES,
+            octave_scales=a.OCTAVE_SCALES,
+            aspect_ratios=a.ASPECT_RATIOS,
+            offset=a.OFFSET,
+            round_anchors=a.ROUND,
+            strides_from_image=a.STRIDES_FROM_IMAGE,
+        )
+
+    def _cell_anchors(self, sizes: List[float], ratios: List[float]) -> torch.Tensor:
+        """``[A, 4]`` anchors centred at 0 for one level."""
+        scales = torch.tensor([s * o for s in sizes for o in self.octave_scales], dtype=torch.float32)
+        h_ratio = torch.sqrt(torch.tensor(ratios, dtype=torch.float32))
+        w_ratio = 1 / h_ratio
+        ws = (w_ratio[:, None] * scales[None, :]).reshape(-1)
+        hs = (h_ratio[:, None] * scales[None, :]).reshape(-1)
+        base = torch.stack([-ws, -hs, ws, hs], dim=1) / 2
+        return base.round() if self.round_anchors else base
+
+    @property
+    def num_anchors(self) -> List[int]:
+        return [len(r) * len(s) * len(self.octave_scales) for s, r in zip(self.sizes, self.aspect_ratios)]
+
+    def cell_anchors(self, level: int) -> torch.Tensor:
+        return getattr(self, f"cell_anchors_{level}")
+
+    def _grid_anchors(self, level: int, grid: Tuple[int, int], stride: Tuple[int, int], device: torch.device) -> torch.Tensor:
+        gh, gw = grid
+        sy, sx = stride
+        ys = (torch.arange(gh, dtype=torch.float32, device=device) + self.offset) * sy
+        xs = (torch.arange(gw, dtype=torch.float32, device=device) + self.offset) * sx
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)
+        return (shifts + self.cell_anchors(level).to(device).view(1, -1, 4)).reshape(-1, 4)
+
+    def forward(self, features: List[torch.Tensor], image_size: Tuple[int, int]) -> List[torch.Tensor]:
+        """``features[l] [N, C, H_l, W_l]``, padded ``image_size (H, W)`` -> ``[H_l*W_l*A_l, 4]`` per level."""
+        if len(features) != len(self.strides):
+            raise ValueError(f"Anchor generator configured for {len(self.strides)} levels got {len(features)} feature maps.")
+        grids = [tuple(int(d) for d in f.shape[-2:]) for f in features]
+        if self.strides_from_image:
+            strides = [(int(image_size[0]) // g[0], int(image_size[1]) // g[1]) for g in grids]
+        else:
+            strides = [(s, s) for s in self.strides]
+        device = features[0].device
+        key = (tuple(grids), tuple(strides), str(device))
+        if key not in self._cache:
+            if len(self._cache) > 32:
+                self._cache.clear()
+            self._cache[key] = [self._grid_anchors(i, g, s, device) for i, (g, s) in enumerate(zip(grids, strides))]
+        return self._cache[key]
+
+
+def build_anchor_generator(cfg, input_shapes: Sequence[ShapeSpec]) -> nn.Module:
+    """Build ``cfg.MODEL.ANCHOR_GENERATOR.NAME`` for feature maps of ``input_shapes``."""
+    gen = ANCHOR_GENERATOR_REGISTRY.get(cfg.MODEL.ANCHOR_GENERATOR.NAME)(cfg, input_shapes)
+    if not hasattr(gen, "num_anchors"):
+        raise TypeError(f"Anchor generator '{cfg.MODEL.ANCHOR_GENERATOR.NAME}' must expose 'num_anchors'.")
+    return gen
+
+
+ANCHOR_GENERATOR_REGISTRY.register(DefaultAnchorGenerator)

@@ -1,0 +1,44 @@
+"""``Backbone`` base class and ``ShapeSpec``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+__all__ = ["Backbone", "ShapeSpec"]
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    """Channels and stride (relative to the input image) of a feature map."""
+
+    channels: Optional[int] = None
+    stride: Optional[int] = None
+
+
+class Backbone(nn.Module):
+    """A network mapping ``images [N, C, H, W]`` to named feature maps.
+
+    Subclasses implement ``forward(x) -> dict[name, Tensor[N, C_f, H/stride_f, W/stride_f]]``
+    and set ``_out_features``, ``_out_feature_channels`` and ``_out_feature_strides``.
+    """
+
+    _out_features: list
+    _out_feature_channels: Dict[str, int]
+    _out_feature_strides: Dict[str, int]
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def size_divisibility(self) -> int:
+        """Input height/width must be a multiple of this (0: no constraint)."""
+        return 0
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return {
+            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
+            for name in self._out_features
+        }

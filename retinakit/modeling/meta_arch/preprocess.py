@@ -1,0 +1,79 @@
+"""Input preprocessing inside the model: normalisation, optional resizing, padding."""
+from __future__ import annotations
+
+import math
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...structures import ImageList
+
+__all__ = ["ImagePreprocessor"]
+
+
+class ImagePreprocessor(nn.Module):
+    """Normalise ``[C, H, W]`` images (0-255 range) and pad them into an ``ImageList``.
+
+    With ``resize=True`` images are also resized so that the short side is ``min_size`` and
+    the long side at most ``max_size`` (bilinear, after normalisation, as torchvision's
+    ``GeneralizedRCNNTransform``); in training the short side is drawn from ``min_size_train``.
+    """
+
+    def __init__(
+        self,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        size_divisibility: int,
+        resize: bool = False,
+        min_size_train: Sequence[int] = (800,),
+        max_size_train: int = 1333,
+        min_size_test: int = 800,
+        max_size_test: int = 1333,
+    ) -> None:
+        super().__init__()
+        if len(pixel_mean) != len(pixel_std):
+            raise ValueError(f"MODEL.PIXEL_MEAN ({len(pixel_mean)} values) and MODEL.PIXEL_STD ({len(pixel_std)}) differ in length.")
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        self.size_divisibility = size_divisibility
+        self.resize = resize
+        self.min_size_train = [int(s) for s in min_size_train]
+        self.max_size_train = max_size_train
+        self.min_size_test = min_size_test
+        self.max_size_test = max_size_test
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """``[C, H, W]`` uint8/float in 0-255 -> float32 ``(x - mean) / std``."""
+        if image.dim() != 3 or image.shape[0] != self.pixel_mean.shape[0]:
+            raise ValueError(
+                f"Expected an image tensor [C={self.pixel_mean.shape[0]}, H, W], got shape {tuple(image.shape)}."
+            )
+        return (image.float() - self.pixel_mean) / self.pixel_std
+
+    def _target_size(self, training: bool) -> Tuple[float, float]:
+        if training:
+            idx = int(torch.randint(len(self.min_size_train), (1,)).item())
+            return float(self.min_size_train[idx]), float(self.max_size_train)
+        return float(self.min_size_test), float(self.max_size_test)
+
+    def resize_image(self, image: torch.Tensor, training: bool) -> torch.Tensor:
+        """Bilinear resize of a normalised ``[C, H, W]`` image; returns ``[C, H', W']``."""
+        min_size, max_size = self._target_size(training)
+        if min_size <= 0:
+            return image
+        h, w = image.shape[-2:]
+        scale = min(min_size / min(h, w), max_size / max(h, w))
+        if math.isclose(scale, 1.0):
+            return image
+        return F.interpolate(
+            image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
+        )[0]
+
+    def forward(self, images: List[torch.Tensor], training: bool = False) -> ImageList:
+        """List of ``[C, H_i, W_i]`` -> ``ImageList`` of normalised (resized), padded images."""
+        out = [self.normalize(x) for x in images]
+        if self.resize:
+            out = [self.resize_image(x, training) for x in out]
+        return ImageList.from_tensors(out, self.size_divisibility)

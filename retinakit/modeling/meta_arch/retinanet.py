@@ -1,0 +1,238 @@
+"""The RetinaNet meta-architecture: backbone + anchors + head + losses + post-processing."""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ...config import configurable
+from ...structures import ImageList, Instances, pairwise_iou
+from ..anchor_generator import build_anchor_generator
+from ..backbone import Backbone, build_backbone
+from ..box_coder import build_box_coder
+from ..heads import build_head
+from ..losses import build_loss
+from ..matcher import build_matcher
+from ..postprocess import POSTPROCESSOR_REGISTRY
+from .build import META_ARCH_REGISTRY
+from .preprocess import ImagePreprocessor
+
+__all__ = ["RetinaNet", "permute_to_N_HWA_K"]
+
+
+def permute_to_N_HWA_K(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``[N, A*K, H, W]`` -> ``[N, H*W*A, K]`` (location-major, anchor-minor)."""
+    n, _, h, w = x.shape
+    return x.view(n, -1, k, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, k)
+
+
+def _global_mean(value: float, device: torch.device) -> float:
+    """Mean of ``value`` over distributed ranks (identity without torch.distributed)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
+
+
+@META_ARCH_REGISTRY.register()
+class RetinaNet(nn.Module):
+    """RetinaNet (Lin et al., "Focal Loss for Dense Object Detection").
+
+    ``forward(batched_inputs)`` takes ``list[dict]`` with ``image`` (``[C, H, W]`` uint8 or
+    float in 0-255, channels in ``INPUT.FORMAT`` order), optional ``height``/``width`` (the
+    size to report detections in) and, in training, ``instances`` (``gt_boxes``,
+    ``gt_classes`` and optional ``gt_ignore`` for crowd regions).
+    """
+
+    # Keys whose shape depends on the number of classes: skipped (with a warning) when
+    # fine-tuning from a checkpoint trained with another class count.
+    class_specific_keys: Tuple[str, ...] = ("head.cls_score.",)
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        head: nn.Module,
+        head_in_features: Sequence[str],
+        anchor_generator: nn.Module,
+        box_coder,
+        matcher,
+        cls_loss: nn.Module,
+        reg_loss: nn.Module,
+        postprocessor: nn.Module,
+        num_classes: int,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        loss_normalizer_momentum: float = 0.9,
+        resize_in_model: bool = False,
+        min_size_train: Sequence[int] = (800,),
+        max_size_train: int = 1333,
+        min_size_test: int = 800,
+        max_size_test: int = 1333,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.head_in_features = list(head_in_features)
+        self.anchor_generator = anchor_generator
+        self.box_coder = box_coder
+        self.matcher = matcher
+        self.cls_loss = cls_loss
+        self.reg_loss = reg_loss
+        self.postprocessor = postprocessor
+        self.num_classes = num_classes
+        self.loss_normalizer_momentum = loss_normalizer_momentum
+        self.loss_normalizer = 100.0  # a typical number of foreground anchors per batch
+        self.ignore_iou_threshold = float(min(getattr(matcher, "thresholds", [0.4])[1:-1] or [0.4]))
+        self.preprocessor = ImagePreprocessor(
+            pixel_mean, pixel_std, backbone.size_divisibility, resize_in_model,
+            min_size_train, max_size_train, min_size_test, max_size_test,
+        )
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        backbone = build_backbone(cfg)
+        shapes = backbone.output_shape()
+        in_features = list(cfg.MODEL.RETINANET.IN_FEATURES)
+        missing = [f for f in in_features if f not in shapes]
+        if missing:
+            raise ValueError(
+                f"MODEL.RETINANET.IN_FEATURES names {missing}, which backbone '{cfg.MODEL.BACKBONE.NAME}' "
+                f"does not produce (it has {list(shapes)})."
+            )
+        feature_shapes = [shapes[f] for f in in_features]
+        anchor_generator = build_anchor_generator(cfg, feature_shapes)
+        box_coder = build_box_coder(cfg)
+        r = cfg.MODEL.RETINANET
+        return dict(
+            backbone=backbone,
+            head=build_head(cfg, feature_shapes, anchor_generator.num_anchors),
+            head_in_features=in_features,
+            anchor_generator=anchor_generator,
+            box_coder=box_coder,
+            matcher=build_matcher(cfg),
+            cls_loss=build_loss(cfg, r.CLS_LOSS_TYPE),
+            reg_loss=build_loss(cfg, r.BBOX_REG_LOSS_TYPE),
+            postprocessor=POSTPROCESSOR_REGISTRY.get(cfg.MODEL.POSTPROCESSOR.NAME)(cfg, box_coder),
+            num_classes=r.NUM_CLASSES,
+            pixel_mean=cfg.MODEL.PIXEL_MEAN,
+            pixel_std=cfg.MODEL.PIXEL_STD,
+            loss_normalizer_momentum=r.LOSS_NORMALIZER_MOMENTUM,
+            resize_in_model=cfg.INPUT.RESIZE_IN_MODEL,
+            min_size_train=cfg.INPUT.MIN_SIZE_TRAIN,
+            max_size_train=cfg.INPUT.MAX_SIZE_TRAIN,
+            min_size_test=cfg.INPUT.MIN_SIZE_TEST,
+            max_size_test=cfg.INPUT.MAX_SIZE_TEST,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.preprocessor.pixel_mean.device
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batched_inputs: List[Dict]):
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        features = [features[f] for f in self.head_in_features]
+        anchors = self.anchor_generator(features, tuple(images.tensor.shape[-2:]))
+        cls_logits, box_deltas = self.head(features)
+        if self.training:
+            gt = [self._ground_truth(x, size) for x, size in zip(batched_inputs, images.image_sizes)]
+            return self.losses(anchors, cls_logits, box_deltas, gt)
+        results = self.postprocessor(cls_logits, box_deltas, anchors, images.image_sizes)
+        return [
+            {"instances": self.rescale(r, x.get("height", x["image"].shape[-2]), x.get("width", x["image"].shape[-1]))}
+            for r, x in zip(results, batched_inputs)
+        ]
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalise (and resize, when configured) and pad the input images."""
+        if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
+            raise TypeError("RetinaNet expects a non-empty list of dicts with an 'image' tensor each.")
+        images = [x["image"].to(self.device, non_blocking=True) for x in batched_inputs]
+        return self.preprocessor(images, self.training)
+
+    def _ground_truth(self, item: Dict, size: Tuple[int, int]) -> Instances:
+        if "instances" not in item:
+            raise KeyError("RetinaNet in training mode needs 'instances' (gt_boxes, gt_classes) in every input dict.")
+        inst: Instances = item["instances"].to(self.device)
+        if tuple(inst.image_size) != tuple(size):  # resized inside the model
+            h, w = inst.image_size
+            boxes = inst.gt_boxes.clone()
+            boxes.scale(size[1] / w, size[0] / h)
+            fields = dict(inst.get_fields(), gt_boxes=boxes)
+            inst = Instances(size, **fields)
+        return inst
+
+    @staticmethod
+    def rescale(result: Instances, height: int, width: int) -> Instances:
+        """Scale detections from the network input size to ``(height, width)``."""
+        h, w = result.image_size
+        boxes = result.pred_boxes.clone()
+        if (h, w) != (height, width):
+            boxes.scale(float(width) / w, float(height) / h)
+        fields = dict(result.get_fields(), pred_boxes=boxes)
+        return Instances((height, width), **fields)
+
+    # ------------------------------------------------------------------ training
+    @torch.no_grad()
+    def label_anchors(self, anchors: torch.Tensor, gt_instances: List[Instances]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``anchors [R, 4]`` -> ``labels [N, R]`` (class, ``K`` = background, -1 = ignore), ``boxes [N, R, 4]``."""
+        labels, matched = [], []
+        for inst in gt_instances:
+            boxes, classes = inst.gt_boxes.tensor.float(), inst.gt_classes.long()
+            ignore = inst.gt_ignore.bool() if inst.has("gt_ignore") else torch.zeros_like(classes, dtype=torch.bool)
+            real, real_cls = boxes[~ignore], classes[~ignore]
+            matches, match_labels = self.matcher(pairwise_iou(real, anchors))
+            if len(real):
+                lbl = real_cls[matches].clone()
+                box = real[matches]
+            else:
+                lbl = torch.zeros_like(matches)
+                box = torch.zeros_like(anchors)
+            lbl[match_labels == 0] = self.num_classes
+            lbl[match_labels == -1] = -1
+            if ignore.any():
+                near_crowd = pairwise_iou(boxes[ignore], anchors).max(dim=0).values >= self.ignore_iou_threshold
+                lbl[near_crowd & (match_labels != 1)] = -1
+            labels.append(lbl)
+            matched.append(box)
+        return torch.stack(labels), torch.stack(matched)
+
+    def losses(
+        self,
+        anchors: List[torch.Tensor],
+        cls_logits: List[torch.Tensor],
+        box_deltas: List[torch.Tensor],
+        gt_instances: List[Instances],
+    ) -> Dict[str, torch.Tensor]:
+        """Focal classification loss and box regression loss, normalised by foreground anchors."""
+        all_anchors = torch.cat(anchors)
+        labels, gt_boxes = self.label_anchors(all_anchors, gt_instances)
+        logits = torch.cat([permute_to_N_HWA_K(x, self.num_classes) for x in cls_logits], dim=1)
+        deltas = torch.cat([permute_to_N_HWA_K(x, 4) for x in box_deltas], dim=1)
+        valid = labels >= 0
+        pos = valid & (labels != self.num_classes)
+        num_pos = _global_mean(float(pos.sum().item()), labels.device)
+        m = self.loss_normalizer_momentum
+        self.loss_normalizer = m * self.loss_normalizer + (1 - m) * max(num_pos, 1.0) if self.training else max(num_pos, 1.0)
+        targets = F.one_hot(labels[valid], self.num_classes + 1)[:, :-1]
+        loss_cls = self.cls_loss(logits[valid], targets)
+        anchors_n = all_anchors.unsqueeze(0).expand_as(gt_boxes)
+        loss_box = self.reg_loss(deltas[pos], anchors_n[pos], gt_boxes[pos], self.box_coder)
+        return {"loss_cls": loss_cls / self.loss_normalizer, "loss_box_reg": loss_box / self.loss_normalizer}
+
+    def inference_outputs(self, images: ImageList) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]:
+        """Raw per-level head outputs and anchors for a preprocessed batch (for export)."""
+        features = self.backbone(images.tensor)
+        features = [features[f] for f in self.head_in_features]
+        anchors = self.anchor_generator(features, tuple(images.tensor.shape[-2:]))
+        cls_logits, box_deltas = self.head(features)
+        return cls_logits, box_deltas, anchors
+
+
