@@ -6,9 +6,9 @@ from .build import (
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
-    register_datasets_from_cfg,
     get_eval_dataset_names,
     get_train_dataset_names,
+    register_datasets_from_cfg,
 )
 from .catalog import DatasetCatalog, Metadata, MetadataCatalog
 from .coco import load_coco_json, register_coco_instances
@@ -30,12 +30,12 @@ __all__ = [
     "build_detection_train_loader",
     "build_inference_preprocess",
     "get_detection_dataset_dicts",
+    "get_eval_dataset_names",
+    "get_train_dataset_names",
     "load_coco_json",
     "read_image",
     "register_coco_instances",
     "register_datasets_from_cfg",
-    "get_eval_dataset_names",
-    "get_train_dataset_names",
 ]
 
 register_all_shapes()

@@ -4,7 +4,8 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,16 +15,22 @@ from .catalog import DatasetCatalog, MetadataCatalog
 from .coco import register_coco_instances
 from .errors import DatasetError, check_policy
 from .mapper import DatasetMapper
-from .samplers import InferenceSampler, TrainingSampler, group_by_aspect_ratio, shared_seed, world_info
+from .samplers import (
+    InferenceSampler,
+    TrainingSampler,
+    group_by_aspect_ratio,
+    shared_seed,
+    world_info,
+)
 from .serialize import SerializedList
 
 __all__ = [
-    "get_detection_dataset_dicts",
-    "build_detection_train_loader",
     "build_detection_test_loader",
-    "register_datasets_from_cfg",
-    "get_train_dataset_names",
+    "build_detection_train_loader",
+    "get_detection_dataset_dicts",
     "get_eval_dataset_names",
+    "get_train_dataset_names",
+    "register_datasets_from_cfg",
     "worker_init_reset_seed",
 ]
 
@@ -43,7 +50,7 @@ def _register_cfg_dataset(name: str, json_file: str, image_root: str, key: str) 
     register_coco_instances(name, {}, json_file, image_root)
 
 
-def register_datasets_from_cfg(cfg: Any) -> Tuple[List[str], List[str]]:
+def register_datasets_from_cfg(cfg: Any) -> tuple[list[str], list[str]]:
     """Register ``DATASETS.TRAIN_JSON/TRAIN_IMAGES`` as "cfg_train" and ``TEST_JSON/TEST_IMAGES``
     as "cfg_test" (when set); return the names of the ones registered."""
     train, test = [], []
@@ -56,17 +63,17 @@ def register_datasets_from_cfg(cfg: Any) -> Tuple[List[str], List[str]]:
     return train, test
 
 
-def get_train_dataset_names(cfg: Any) -> List[str]:
+def get_train_dataset_names(cfg: Any) -> list[str]:
     """``DATASETS.TRAIN`` plus "cfg_train" when ``DATASETS.TRAIN_JSON`` is set."""
     return list(cfg.DATASETS.TRAIN) + register_datasets_from_cfg(cfg)[0]
 
 
-def get_eval_dataset_names(cfg: Any) -> List[str]:
+def get_eval_dataset_names(cfg: Any) -> list[str]:
     """``DATASETS.TEST`` plus "cfg_test" when ``DATASETS.TEST_JSON`` is set (what to evaluate)."""
     return list(cfg.DATASETS.TEST) + register_datasets_from_cfg(cfg)[1]
 
 
-def _load(name: str, policies: Dict[str, Any]) -> List[dict]:
+def _load(name: str, policies: dict[str, Any]) -> list[dict]:
     if name not in DatasetCatalog:
         DatasetCatalog.get(name)  # raises the helpful KeyError
     func = DatasetCatalog._funcs[name]
@@ -84,13 +91,13 @@ def _check_same_classes(names: Sequence[str]) -> None:
 
 
 def get_detection_dataset_dicts(
-    names: Union[str, Sequence[str]],
+    names: str | Sequence[str],
     filter_empty: bool = False,
     *,
-    on_bad_annotation: Optional[str] = None,
-    on_bad_image: Optional[str] = None,
-    check_image_files: Optional[bool] = None,
-) -> List[dict]:
+    on_bad_annotation: str | None = None,
+    on_bad_image: str | None = None,
+    check_image_files: bool | None = None,
+) -> list[dict]:
     """Concatenate the dataset dicts of ``names``; ``filter_empty`` drops images without
     (non-crowd) boxes. The policies, when given, override those of the registration."""
     names = [names] if isinstance(names, str) else list(names)
@@ -108,7 +115,7 @@ def get_detection_dataset_dicts(
     return dicts
 
 
-def _dicts_from_cfg(cfg: Any, names: Sequence[str], filter_empty: bool) -> List[dict]:
+def _dicts_from_cfg(cfg: Any, names: Sequence[str], filter_empty: bool) -> list[dict]:
     return get_detection_dataset_dicts(
         names,
         filter_empty,
@@ -136,7 +143,7 @@ class _MapStream(IterableDataset):
         self.dataset, self.mapper, self.sampler = dataset, mapper, sampler
         self.batch_size, self.group = batch_size, group
 
-    def __iter__(self) -> Iterator[List[dict]]:
+    def __iter__(self) -> Iterator[list[dict]]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         indices = itertools.islice(iter(self.sampler), wid, None, nw)
@@ -150,7 +157,7 @@ def _per_rank_batch(total: int) -> int:
     return total // world
 
 
-def build_detection_train_loader(cfg: Any, mapper: Optional[Callable] = None, dataset: Optional[List[dict]] = None) -> Iterator[List[dict]]:
+def build_detection_train_loader(cfg: Any, mapper: Callable | None = None, dataset: list[dict] | None = None) -> Iterator[list[dict]]:
     """Infinite iterable of ``list[dict]`` (mapper outputs), ``IMS_PER_BATCH // world_size`` each.
 
     Datasets: ``DATASETS.TRAIN`` (+ ``TRAIN_JSON``) unless ``dataset`` is given. The order
@@ -193,11 +200,11 @@ class _MapDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, idx: int) -> Optional[dict]:
+    def __getitem__(self, idx: int) -> dict | None:
         return self.mapper(self.dataset[idx])
 
 
-def _drop_none(batch: List[Optional[dict]]) -> List[dict]:
+def _drop_none(batch: list[dict | None]) -> list[dict]:
     return [b for b in batch if b is not None]
 
 
@@ -211,12 +218,12 @@ class InferenceLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self) -> Iterator[List[dict]]:
+    def __iter__(self) -> Iterator[list[dict]]:
         return (b for b in self.loader if b)
 
 
 def build_detection_test_loader(
-    cfg: Any, dataset_name: Union[str, Sequence[str]], batch_size: int = 1, mapper: Optional[Callable] = None, dataset: Optional[List[dict]] = None
+    cfg: Any, dataset_name: str | Sequence[str], batch_size: int = 1, mapper: Callable | None = None, dataset: list[dict] | None = None
 ) -> InferenceLoader:
     """Loader over ``dataset_name`` for inference: test-time resize, no flip, no instances
     (pass ``mapper=DatasetMapper(cfg, is_train=False, keep_instances=True)`` to keep them).

@@ -1,14 +1,16 @@
 """``DatasetCatalog`` (name -> function returning dataset dicts) and ``MetadataCatalog``."""
 from __future__ import annotations
 
+import builtins
 import difflib
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["DatasetCatalog", "MetadataCatalog", "Metadata"]
+__all__ = ["DatasetCatalog", "Metadata", "MetadataCatalog"]
 
 
-def _unknown(kind: str, name: str, known: List[str]) -> str:
+def _unknown(kind: str, name: str, known: list[str]) -> str:
     close = difflib.get_close_matches(name, known, n=3)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     return (
@@ -22,9 +24,9 @@ class _DatasetCatalog:
     """Maps a dataset name to a function ``() -> list[dict]`` (detectron2-style dataset dicts)."""
 
     def __init__(self) -> None:
-        self._funcs: Dict[str, Callable[[], List[dict]]] = {}
+        self._funcs: dict[str, Callable[[], list[dict]]] = {}
 
-    def register(self, name: str, func: Callable[[], List[dict]], override: bool = False) -> None:
+    def register(self, name: str, func: Callable[[], builtins.list[dict]], override: bool = False) -> None:
         """Register ``func`` under ``name``; a second registration fails unless ``override``."""
         if not callable(func):
             raise TypeError(f"DatasetCatalog.register('{name}', func): func must be callable, got {type(func).__name__}.")
@@ -32,13 +34,13 @@ class _DatasetCatalog:
             raise KeyError(f"Dataset '{name}' is already registered. Use another name or DatasetCatalog.remove('{name}') first.")
         self._funcs[name] = func
 
-    def get(self, name: str) -> List[dict]:
+    def get(self, name: str) -> builtins.list[dict]:
         """Call the function registered as ``name`` and return its dataset dicts."""
         if name not in self._funcs:
             raise KeyError(_unknown("DatasetCatalog", name, list(self._funcs)))
         return self._funcs[name]()
 
-    def list(self) -> List[str]:
+    def list(self) -> builtins.list[str]:
         return sorted(self._funcs)
 
     def remove(self, name: str) -> None:
@@ -62,7 +64,7 @@ class Metadata:
         object.__setattr__(self, "_lazy", {})
         object.__setattr__(self, "_lock", threading.Lock())
 
-    def set_lazy(self, fn: Callable[["Metadata"], None], names: List[str]) -> "Metadata":
+    def set_lazy(self, fn: Callable[[Metadata], None], names: list[str]) -> Metadata:
         for n in names:
             self._lazy[n] = fn
         return self
@@ -93,18 +95,18 @@ class Metadata:
         self._lazy.pop(key, None)
         object.__setattr__(self, key, value)
 
-    def set(self, **kwargs: Any) -> "Metadata":
+    def set(self, **kwargs: Any) -> Metadata:
         for k, v in kwargs.items():
             setattr(self, k, v)
         return self
 
-    def get(self, key: str, default: Optional[Any] = None) -> Any:
+    def get(self, key: str, default: Any | None = None) -> Any:
         try:
             return getattr(self, key)
         except AttributeError:
             return default
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         for key in list(self._lazy):
             getattr(self, key, None)
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -118,14 +120,14 @@ class _MetadataCatalog:
     """Maps a dataset name to its :class:`Metadata` (created on first ``get``)."""
 
     def __init__(self) -> None:
-        self._meta: Dict[str, Metadata] = {}
+        self._meta: dict[str, Metadata] = {}
 
     def get(self, name: str) -> Metadata:
         if name not in self._meta:
             self._meta[name] = Metadata(name)
         return self._meta[name]
 
-    def list(self) -> List[str]:
+    def list(self) -> builtins.list[str]:
         return sorted(self._meta)
 
     def remove(self, name: str) -> None:

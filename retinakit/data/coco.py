@@ -5,19 +5,25 @@ import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from .catalog import DatasetCatalog, Metadata, MetadataCatalog
-from .coco_validate import bbox_to_xyxy, check_annotation_ids, check_category, check_image, check_top_level
+from .coco_validate import (
+    bbox_to_xyxy,
+    check_annotation_ids,
+    check_category,
+    check_image,
+    check_top_level,
+)
 from .errors import BadImageError, DatasetError, ProblemLog
 from .image_io import image_size
 
-__all__ = ["load_coco_json", "register_coco_instances", "read_coco_categories"]
+__all__ = ["load_coco_json", "read_coco_categories", "register_coco_instances"]
 
 logger = logging.getLogger(__name__)
 
 
-def _read_json(json_file: str) -> Dict[str, Any]:
+def _read_json(json_file: str) -> dict[str, Any]:
     if not os.path.isfile(json_file):
         raise DatasetError(f"COCO JSON file {json_file} does not exist. Check the path given when registering the dataset.")
     try:
@@ -33,9 +39,9 @@ def _read_json(json_file: str) -> Dict[str, Any]:
     return data
 
 
-def _categories(data: Dict[str, Any], json_file: str) -> Tuple[List[str], Dict[int, int]]:
+def _categories(data: dict[str, Any], json_file: str) -> tuple[list[str], dict[int, int]]:
     """``(thing_classes, dataset_id -> contiguous_id)``; contiguous ids follow sorted dataset ids."""
-    seen: Dict[int, Any] = {}
+    seen: dict[int, Any] = {}
     for cat in data["categories"]:
         err = check_category(cat, seen)
         if err:
@@ -47,16 +53,16 @@ def _categories(data: Dict[str, Any], json_file: str) -> Tuple[List[str], Dict[i
     return [str(seen[i].get("name", i)) for i in ids], {i: k for k, i in enumerate(ids)}
 
 
-def read_coco_categories(json_file: str) -> Tuple[List[str], Dict[int, int]]:
+def read_coco_categories(json_file: str) -> tuple[list[str], dict[int, int]]:
     """Class names and the dataset-id -> contiguous-id map of a COCO JSON file."""
     return _categories(_read_json(json_file), json_file)
 
 
-def _image_sizes(records: List[dict], check_files: bool, bad: ProblemLog, json_file: str) -> List[dict]:
+def _image_sizes(records: list[dict], check_files: bool, bad: ProblemLog, json_file: str) -> list[dict]:
     """Fill missing height/width from file headers; with ``check_files`` check every file."""
     todo = [r for r in records if check_files or not r.get("height") or not r.get("width")]
 
-    def probe(r: dict) -> Tuple[dict, Any]:
+    def probe(r: dict) -> tuple[dict, Any]:
         try:
             return r, image_size(r["file_name"], f"image id {r['image_id']} of {json_file}")
         except BadImageError as e:
@@ -84,7 +90,7 @@ def _image_sizes(records: List[dict], check_files: bool, bad: ProblemLog, json_f
     return [r for r in records if id(r) not in dropped]
 
 
-def _images(data: Dict[str, Any], image_root: str, json_file: str, bad_image: ProblemLog, check_files: bool) -> List[dict]:
+def _images(data: dict[str, Any], image_root: str, json_file: str, bad_image: ProblemLog, check_files: bool) -> list[dict]:
     records, seen = [], {}
     for img in data["images"]:
         err = check_image(img)
@@ -108,7 +114,7 @@ def _images(data: Dict[str, Any], image_root: str, json_file: str, bad_image: Pr
     return _image_sizes(records, check_files, bad_image, json_file)
 
 
-def _annotation(ann: Any, json_file: str, images: Dict[Any, dict], id_map: Dict[int, int], declared: set, seen: set) -> Tuple[Optional[dict], str, str]:
+def _annotation(ann: Any, json_file: str, images: dict[Any, dict], id_map: dict[int, int], declared: set, seen: set) -> tuple[dict | None, str, str]:
     """One annotation -> (record, "", "") or (None, kind, message)."""
     err = check_annotation_ids(ann)
     if err:
@@ -137,12 +143,12 @@ def _annotation(ann: Any, json_file: str, images: Dict[Any, dict], id_map: Dict[
 def load_coco_json(
     json_file: str,
     image_root: str,
-    dataset_name: Optional[str] = None,
+    dataset_name: str | None = None,
     *,
     on_bad_annotation: str = "error",
     on_bad_image: str = "error",
     check_image_files: bool = True,
-) -> List[dict]:
+) -> list[dict]:
     """Parse and validate a COCO detection JSON; return detectron2-style dataset dicts.
 
     Each dict: ``file_name`` (joined with ``image_root``), ``image_id``, ``height``, ``width``
@@ -178,7 +184,7 @@ def load_coco_json(
     return records
 
 
-def _set_categories(meta: Metadata, classes: List[str], id_map: Dict[int, int]) -> None:
+def _set_categories(meta: Metadata, classes: list[str], id_map: dict[int, int]) -> None:
     meta.thing_classes = classes
     meta.thing_dataset_id_to_contiguous_id = id_map
     meta.thing_contiguous_id_to_dataset_id = {v: k for k, v in id_map.items()}
@@ -186,7 +192,7 @@ def _set_categories(meta: Metadata, classes: List[str], id_map: Dict[int, int]) 
 
 def register_coco_instances(
     name: str,
-    metadata: Dict[str, Any],
+    metadata: dict[str, Any],
     json_file: str,
     image_root: str,
     *,
@@ -206,7 +212,7 @@ def register_coco_instances(
         raise ValueError(f"register_coco_instances: name must be a non-empty string, got {name!r}.")
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
 
-    def load(**overrides: Any) -> List[dict]:
+    def load(**overrides: Any) -> list[dict]:
         kwargs = dict(on_bad_annotation=on_bad_annotation, on_bad_image=on_bad_image, check_image_files=check_image_files)
         kwargs.update(overrides)
         return load_coco_json(json_file, image_root, name, **kwargs)

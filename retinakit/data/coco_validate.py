@@ -6,10 +6,11 @@ Only ``images[].{id,file_name}``, ``annotations[].{id,image_id,category_id,bbox}
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from numbers import Real
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
-__all__ = ["check_top_level", "check_category", "check_image", "check_annotation_ids", "bbox_to_xyxy"]
+__all__ = ["bbox_to_xyxy", "check_annotation_ids", "check_category", "check_image", "check_top_level"]
 
 _TOP_LEVEL = ("images", "annotations", "categories")
 
@@ -22,7 +23,7 @@ def _is_id(v: Any) -> bool:
     return _is_int(v) or (isinstance(v, str) and v != "")
 
 
-def check_top_level(data: Any) -> Optional[str]:
+def check_top_level(data: Any) -> str | None:
     """The file must be an object with the lists ``images``, ``annotations``, ``categories``."""
     if not isinstance(data, dict):
         return f"the top level must be a JSON object with keys {list(_TOP_LEVEL)}, got a {type(data).__name__}"
@@ -38,7 +39,7 @@ def check_top_level(data: Any) -> Optional[str]:
     return None
 
 
-def check_category(cat: Any, seen: Dict[Any, Any]) -> Optional[str]:
+def check_category(cat: Any, seen: dict[Any, Any]) -> str | None:
     if not isinstance(cat, dict) or not _is_int(cat.get("id")):
         return f"category entry {cat!r} needs an integer 'id'"
     if cat["id"] in seen:
@@ -49,7 +50,7 @@ def check_category(cat: Any, seen: Dict[Any, Any]) -> Optional[str]:
     return None
 
 
-def check_image(img: Any) -> Optional[str]:
+def check_image(img: Any) -> str | None:
     """Entry checks of one ``images[]`` element (not the file on disk)."""
     if not isinstance(img, dict):
         return f"image entry {img!r} must be an object with 'id' and 'file_name'"
@@ -64,7 +65,7 @@ def check_image(img: Any) -> Optional[str]:
     return None
 
 
-def check_annotation_ids(ann: Any) -> Optional[str]:
+def check_annotation_ids(ann: Any) -> str | None:
     if not isinstance(ann, dict):
         return f"annotation entry {ann!r} must be an object"
     missing = [k for k in ("id", "image_id", "category_id", "bbox") if k not in ann]
@@ -78,7 +79,7 @@ def check_annotation_ids(ann: Any) -> Optional[str]:
     return None
 
 
-def bbox_to_xyxy(bbox: Any, height: int, width: int) -> Tuple[Optional[List[float]], Optional[str]]:
+def bbox_to_xyxy(bbox: Any, height: int, width: int) -> tuple[list[float] | None, str | None]:
     """COCO ``[x, y, w, h]`` -> ``[x0, y0, x1, y1]`` clipped to the image; or an error message."""
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         return None, f"bbox {bbox!r} must be a list of 4 numbers [x, y, width, height]"
@@ -98,6 +99,6 @@ def bbox_to_xyxy(bbox: Any, height: int, width: int) -> Tuple[Optional[List[floa
     return [x0, y0, x1, y1], None
 
 
-def _short(entry: Dict[str, Any], keys: Sequence[str] = ("id", "image_id", "file_name")) -> str:
+def _short(entry: dict[str, Any], keys: Sequence[str] = ("id", "image_id", "file_name")) -> str:
     shown = {k: entry[k] for k in keys if k in entry}
     return repr(shown or entry)[:200]

@@ -13,8 +13,9 @@ the images come back as CUDA tensors.
 from __future__ import annotations
 
 import collections
-import itertools
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+import importlib
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from .mapper import annotations_to_instances
 from .samplers import InferenceSampler, TrainingSampler, world_info
 from .transforms import DetectionTransform, TransformParams
 
-__all__ = ["dali_available", "DaliLoader", "build_dali_train_loader", "build_dali_test_loader"]
+__all__ = ["DaliLoader", "build_dali_test_loader", "build_dali_train_loader", "dali_available"]
 
 _MISSING = (
     "DATALOADER.BACKEND 'dali' needs NVIDIA DALI, which is not installed. Install the extra: "
@@ -43,15 +44,15 @@ def dali_available() -> bool:
 
 def _dali():
     try:
-        import nvidia.dali as dali
-        import nvidia.dali.fn  # noqa: F401
-        import nvidia.dali.types  # noqa: F401
+        dali = importlib.import_module("nvidia.dali")
+        importlib.import_module("nvidia.dali.fn")
+        importlib.import_module("nvidia.dali.types")
     except ImportError:
         raise ImportError(_MISSING) from None
     return dali
 
 
-def _resolve_device(device: str) -> Optional[int]:
+def _resolve_device(device: str) -> int | None:
     """CUDA device id for DALI's GPU operators, or None for CPU only."""
     if device not in ("auto", "cpu", "gpu"):
         raise ValueError(f"DATALOADER.DALI.DEVICE must be 'auto', 'cpu' or 'gpu', got {device!r}.")
@@ -62,7 +63,7 @@ def _resolve_device(device: str) -> Optional[int]:
     return torch.cuda.current_device()
 
 
-def _build_pipeline(source: Any, batch_size: int, device_id: Optional[int], num_threads: int, prefetch: int, image_format: str):
+def _build_pipeline(source: Any, batch_size: int, device_id: int | None, num_threads: int, prefetch: int, image_format: str):
     dali = _dali()
     fn, types = dali.fn, dali.types
     gpu = device_id is not None
@@ -82,7 +83,7 @@ def _build_pipeline(source: Any, batch_size: int, device_id: Optional[int], num_
     return p
 
 
-def _to_torch(tensor: Any, device_id: Optional[int]) -> torch.Tensor:
+def _to_torch(tensor: Any, device_id: int | None) -> torch.Tensor:
     if device_id is None:
         return torch.from_numpy(np.array(tensor))
     from nvidia.dali.plugin.pytorch import feed_ndarray
@@ -102,7 +103,7 @@ class DaliLoader:
 
     def __init__(
         self,
-        dataset: List[dict],
+        dataset: list[dict],
         transform: DetectionTransform,
         batch_size: int,
         indices: Iterable[int],
@@ -122,8 +123,8 @@ class DaliLoader:
         self.generator = torch.Generator().manual_seed(seed)
         _dali()
 
-    def _batches(self) -> Iterator[List[int]]:
-        buckets: List[List[int]] = [[], []]
+    def _batches(self) -> Iterator[list[int]]:
+        buckets: list[list[int]] = [[], []]
         for i in self.indices:
             d = self.dataset[i]
             b = buckets[int(d["height"] > d["width"]) if self.group else 0]
@@ -135,7 +136,7 @@ class DaliLoader:
         for k in range(0, len(rest), self.batch_size):
             yield rest[k : k + self.batch_size]
 
-    def _source(self, batches: Iterator[List[int]], pending: collections.deque):
+    def _source(self, batches: Iterator[list[int]], pending: collections.deque):
         def feed():
             idx = next(batches)  # StopIteration ends the pipeline's epoch
             dicts = [self.dataset[i] for i in idx]
@@ -150,7 +151,7 @@ class DaliLoader:
 
         return feed
 
-    def _sample(self, d: Dict[str, Any], p: TransformParams, image: torch.Tensor, decoded: Tuple[int, int]) -> Dict[str, Any]:
+    def _sample(self, d: dict[str, Any], p: TransformParams, image: torch.Tensor, decoded: tuple[int, int]) -> dict[str, Any]:
         if (d["height"], d["width"]) != decoded:
             raise BadImageError(
                 f"Image {d['file_name']} (image id {d['image_id']}) decodes to {decoded[1]}x{decoded[0]} (width x height) "
@@ -166,7 +167,7 @@ class DaliLoader:
             out["instances"] = annotations_to_instances(d["annotations"], boxes, p.out_size)
         return out
 
-    def _run(self, pipe: Any, pending: collections.deque) -> Optional[List[Dict[str, Any]]]:
+    def _run(self, pipe: Any, pending: collections.deque) -> list[dict[str, Any]] | None:
         try:
             images, shapes = pipe.run()
         except StopIteration:
@@ -184,7 +185,7 @@ class DaliLoader:
             for k, (d, p) in enumerate(zip(dicts, params))
         ]
 
-    def __iter__(self) -> Iterator[List[Dict[str, Any]]]:
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
         pending: collections.deque = collections.deque()
         source = self._source(self._batches(), pending)
         pipe = _build_pipeline(source, self.batch_size, self.device_id, self.num_threads, self.prefetch, self.image_format)
@@ -195,7 +196,7 @@ class DaliLoader:
             yield batch
 
 
-def build_dali_train_loader(cfg: Any, dataset: List[dict], batch_size: int, seed: int) -> DaliLoader:
+def build_dali_train_loader(cfg: Any, dataset: list[dict], batch_size: int, seed: int) -> DaliLoader:
     """The DALI training loader of ``cfg`` (same sampler, grouping and transform as torch's)."""
     rank = world_info()[0]
     return DaliLoader(
@@ -213,7 +214,7 @@ def build_dali_train_loader(cfg: Any, dataset: List[dict], batch_size: int, seed
     )
 
 
-def build_dali_test_loader(cfg: Any, dataset: List[dict], batch_size: int = 1, keep_instances: bool = False) -> DaliLoader:
+def build_dali_test_loader(cfg: Any, dataset: list[dict], batch_size: int = 1, keep_instances: bool = False) -> DaliLoader:
     """DALI loader over this rank's shard of ``dataset`` with the test-time transform."""
     return DaliLoader(
         dataset,

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import List, Optional
 
-__all__ = ["DatasetError", "BadImageError", "ProblemLog", "check_policy"]
+__all__ = ["BadImageError", "DatasetError", "ProblemLog", "check_policy"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ class ProblemLog:
         self.key = key
         self.error_cls = error_cls
         self.counts: Counter = Counter()
-        self.examples: List[str] = []
+        self.examples: list[str] = []
         self._max_examples = examples
 
     def report(self, kind: str, message: str) -> None:
@@ -58,7 +57,7 @@ class ProblemLog:
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def summary(self, source: str) -> Optional[str]:
+    def summary(self, source: str) -> str | None:
         if not self.total:
             return None
         kinds = ", ".join(f"{k}: {n}" for k, n in self.counts.most_common())

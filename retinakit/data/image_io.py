@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import os
-from typing import Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadImageError
 
-__all__ = ["read_image", "image_size", "to_rgb_array", "EXIF_ORIENTATION_TAG"]
+__all__ = ["EXIF_ORIENTATION_TAG", "image_size", "read_image", "to_rgb_array"]
 
 EXIF_ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # transpose / rotate 90 / transverse / rotate 270
@@ -34,7 +33,7 @@ def _open(file_name: str, context: str) -> Image.Image:
         ) from e
 
 
-def image_size(file_name: str, context: str = "") -> Tuple[int, int]:
+def image_size(file_name: str, context: str = "") -> tuple[int, int]:
     """``(height, width)`` from the file header only (no decoding), after EXIF orientation."""
     with _open(file_name, context) as img:
         w, h = img.size

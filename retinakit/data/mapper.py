@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ __all__ = ["DatasetMapper", "annotations_to_instances"]
 logger = logging.getLogger(__name__)
 
 
-def annotations_to_instances(annos: list, boxes: Optional[torch.Tensor], image_size: Tuple[int, int]) -> Instances:
+def annotations_to_instances(annos: list, boxes: torch.Tensor | None, image_size: tuple[int, int]) -> Instances:
     """Build ``Instances(image_size)`` with ``gt_boxes`` (Boxes, float32 ``[N, 4]`` XYXY),
     ``gt_classes`` (int64 ``[N]``) and ``gt_ignore`` (bool ``[N]``, True for iscrowd).
 
@@ -53,7 +53,7 @@ class DatasetMapper:
         *,
         transform: DetectionTransform,
         image_format: str = "RGB",
-        keep_instances: Optional[bool] = None,
+        keep_instances: bool | None = None,
         on_bad_image: str = "error",
     ) -> None:
         self.is_train = is_train
@@ -64,7 +64,7 @@ class DatasetMapper:
         self.skipped = 0
 
     @classmethod
-    def from_config(cls, cfg: Any, is_train: bool = True, keep_instances: Optional[bool] = None) -> Dict[str, Any]:
+    def from_config(cls, cfg: Any, is_train: bool = True, keep_instances: bool | None = None) -> dict[str, Any]:
         return {
             "is_train": is_train,
             "transform": DetectionTransform.from_config(cfg, is_train),
@@ -73,7 +73,7 @@ class DatasetMapper:
             "on_bad_image": cfg.DATALOADER.ON_BAD_IMAGE,
         }
 
-    def read(self, d: Dict[str, Any]) -> Optional[np.ndarray]:
+    def read(self, d: dict[str, Any]) -> np.ndarray | None:
         """The decoded ``uint8 [H, W, 3]`` image of ``d``, size-checked; None if skipped."""
         context = f"image id {d.get('image_id')}"
         try:
@@ -92,7 +92,7 @@ class DatasetMapper:
             return None
         return img
 
-    def map_decoded(self, d: Dict[str, Any], image: torch.Tensor, params: Optional[TransformParams] = None) -> Dict[str, Any]:
+    def map_decoded(self, d: dict[str, Any], image: torch.Tensor, params: TransformParams | None = None) -> dict[str, Any]:
         """Apply the transform to a decoded ``uint8 [3, H, W]`` image and the annotations of ``d``."""
         h, w = int(image.shape[1]), int(image.shape[2])
         p = params or self.transform.sample_params(h, w)
@@ -106,7 +106,7 @@ class DatasetMapper:
             out["instances"] = annotations_to_instances(annos, boxes, p.out_size)
         return out
 
-    def __call__(self, dataset_dict: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any] | None:
         d = copy.copy(dataset_dict)
         img = self.read(d)
         if img is None:

@@ -3,12 +3,13 @@ aspect-ratio grouping of mapped images into batches."""
 from __future__ import annotations
 
 import itertools
-from typing import Any, Dict, Iterable, Iterator, List, Optional
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["TrainingSampler", "InferenceSampler", "group_by_aspect_ratio", "shared_seed", "world_info"]
+__all__ = ["InferenceSampler", "TrainingSampler", "group_by_aspect_ratio", "shared_seed", "world_info"]
 
 
 def world_info() -> tuple:
@@ -34,7 +35,7 @@ class TrainingSampler:
     """Infinite stream of indices in ``[0, size)``: a new permutation each epoch, the same on
     every rank (one ``seed``); rank ``r`` of ``w`` takes positions ``r, r + w, ...``."""
 
-    def __init__(self, size: int, shuffle: bool = True, seed: int = 0, rank: Optional[int] = None, world_size: Optional[int] = None) -> None:
+    def __init__(self, size: int, shuffle: bool = True, seed: int = 0, rank: int | None = None, world_size: int | None = None) -> None:
         if size <= 0:
             raise ValueError(f"TrainingSampler needs a non-empty dataset, got size {size}.")
         r, w = world_info()
@@ -54,7 +55,7 @@ class TrainingSampler:
 class InferenceSampler:
     """Indices of rank ``r``'s contiguous shard of ``[0, size)``; shards cover every index once."""
 
-    def __init__(self, size: int, rank: Optional[int] = None, world_size: Optional[int] = None) -> None:
+    def __init__(self, size: int, rank: int | None = None, world_size: int | None = None) -> None:
         r, w = world_info()
         self.size = size
         self.rank = r if rank is None else rank
@@ -71,10 +72,10 @@ class InferenceSampler:
         return self.end - self.begin
 
 
-def group_by_aspect_ratio(items: Iterable[Optional[Dict[str, Any]]], batch_size: int, group: bool = True) -> Iterator[List[Dict[str, Any]]]:
+def group_by_aspect_ratio(items: Iterable[dict[str, Any] | None], batch_size: int, group: bool = True) -> Iterator[list[dict[str, Any]]]:
     """Batch mapped dicts; with ``group`` a batch holds only landscape (w >= h) or only
     portrait images (sizes read from ``item["image"]`` ``[C, H, W]``). ``None`` items are skipped."""
-    buckets: List[List[Dict[str, Any]]] = [[], []]
+    buckets: list[list[dict[str, Any]]] = [[], []]
     for item in items:
         if item is None:
             continue

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pickle
-from typing import Any, List
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +16,7 @@ class SerializedList:
     (reference counting would otherwise touch, and copy, every dict).
     """
 
-    def __init__(self, items: List[Any]) -> None:
+    def __init__(self, items: list[Any]) -> None:
         blobs = [np.frombuffer(pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8) for x in items]
         self._ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
         self._data = np.concatenate(blobs) if blobs else np.zeros(0, dtype=np.uint8)

@@ -7,8 +7,9 @@ applies them to pixels in DALI, so both backends agree on output sizes and boxes
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -21,15 +22,15 @@ from ..config import configurable
 from .image_io import read_image, to_rgb_array
 
 __all__ = [
-    "TransformParams",
     "DetectionTransform",
     "InferencePreprocessor",
+    "TransformParams",
     "build_inference_preprocess",
     "resized_shape",
 ]
 
 
-def resized_shape(h: int, w: int, short: int, max_size: int) -> Tuple[int, int]:
+def resized_shape(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
     """Output ``(h, w)`` when the shorter edge becomes ``short`` and the longer at most ``max_size``.
 
     ``short <= 0`` keeps the size. Rounded to the nearest integer (at least 1).
@@ -46,10 +47,10 @@ def resized_shape(h: int, w: int, short: int, max_size: int) -> Tuple[int, int]:
 class TransformParams:
     """What to do to one image: output size ``(h, w)``, flips, and a photometric seed."""
 
-    out_size: Tuple[int, int]
+    out_size: tuple[int, int]
     hflip: bool = False
     vflip: bool = False
-    photometric_seed: Optional[int] = None
+    photometric_seed: int | None = None
 
 
 class DetectionTransform:
@@ -70,7 +71,7 @@ class DetectionTransform:
         sampling: str = "choice",
         flip: str = "none",
         flip_prob: float = 0.5,
-        photometric: Optional[Dict[str, Any]] = None,
+        photometric: dict[str, Any] | None = None,
         resize: bool = True,
     ) -> None:
         if sampling not in ("choice", "range"):
@@ -84,7 +85,7 @@ class DetectionTransform:
         self.color = v2.ColorJitter(**photometric) if photometric else None
         self.resize = resize
 
-    def sample_params(self, h: int, w: int, generator: Optional[torch.Generator] = None) -> TransformParams:
+    def sample_params(self, h: int, w: int, generator: torch.Generator | None = None) -> TransformParams:
         """Draw the random choices for an image of size ``(h, w)`` (torch RNG, or ``generator``)."""
         if self.sampling == "range":
             short = int(torch.randint(self.min_sizes[0], self.min_sizes[1] + 1, (1,), generator=generator))
@@ -109,7 +110,7 @@ class DetectionTransform:
                 image = self.color(image)
         return image
 
-    def apply_boxes(self, boxes: torch.Tensor, in_size: Tuple[int, int], p: TransformParams) -> torch.Tensor:
+    def apply_boxes(self, boxes: torch.Tensor, in_size: tuple[int, int], p: TransformParams) -> torch.Tensor:
         """XYXY ``float [N, 4]`` in an image of ``in_size`` -> XYXY float32 in ``p.out_size``."""
         bb = tv_tensors.BoundingBoxes(boxes.to(torch.float32).reshape(-1, 4), format="XYXY", canvas_size=tuple(in_size))
         if tuple(in_size) != p.out_size:
@@ -120,7 +121,7 @@ class DetectionTransform:
             bb = TF.vertical_flip(bb)
         return bb.as_subclass(torch.Tensor).to(torch.float32)
 
-    def __call__(self, image: torch.Tensor, boxes: Optional[torch.Tensor] = None):
+    def __call__(self, image: torch.Tensor, boxes: torch.Tensor | None = None):
         """Sample params and apply them; returns ``(image, boxes, params)``."""
         h, w = image.shape[-2:]
         p = self.sample_params(int(h), int(w))
@@ -128,7 +129,7 @@ class DetectionTransform:
         return self.apply_image(image, p), out_boxes, p
 
     @classmethod
-    def from_config(cls, cfg: Any, is_train: bool) -> "DetectionTransform":
+    def from_config(cls, cfg: Any, is_train: bool) -> DetectionTransform:
         """The train or test transform described by ``cfg.INPUT``."""
         resize = not cfg.INPUT.RESIZE_IN_MODEL
         if not is_train:
@@ -170,7 +171,7 @@ class InferencePreprocessor:
         self.format = format
 
     @classmethod
-    def from_config(cls, cfg: Any) -> Dict[str, Any]:
+    def from_config(cls, cfg: Any) -> dict[str, Any]:
         return {
             "min_size": cfg.INPUT.MIN_SIZE_TEST,
             "max_size": cfg.INPUT.MAX_SIZE_TEST,
@@ -195,7 +196,7 @@ class InferencePreprocessor:
             t = t.flip(0)
         return t.contiguous()
 
-    def __call__(self, image: ImageInput, input_format: str = "RGB") -> Tuple[torch.Tensor, Tuple[int, int]]:
+    def __call__(self, image: ImageInput, input_format: str = "RGB") -> tuple[torch.Tensor, tuple[int, int]]:
         t = self.to_tensor(image, input_format)
         h, w = int(t.shape[1]), int(t.shape[2])
         p = self.transform.sample_params(h, w)

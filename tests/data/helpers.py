@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 
-def write_image(path: str, h: int, w: int, seed: int = 0, fmt: Optional[str] = None) -> np.ndarray:
+def write_image(path: str, h: int, w: int, seed: int = 0, fmt: str | None = None) -> np.ndarray:
     """A random RGB image saved at ``path``; returns its ``uint8 [h, w, 3]`` pixels."""
     arr = np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
     Image.fromarray(arr).save(path, format=fmt)
@@ -18,11 +19,11 @@ def write_image(path: str, h: int, w: int, seed: int = 0, fmt: Optional[str] = N
 
 def make_coco(
     root: str,
-    sizes: List[tuple] = ((40, 60), (50, 30), (32, 32)),
+    sizes: list[tuple] = ((40, 60), (50, 30), (32, 32)),
     cat_ids: tuple = (3, 7, 11),
     boxes_per_image: int = 3,
     seed: int = 0,
-    mutate: Optional[Callable[[Dict[str, Any]], None]] = None,
+    mutate: Callable[[dict[str, Any]], None] | None = None,
     write_files: bool = True,
 ) -> str:
     """Write PNG images + a COCO JSON (non-contiguous category ids) under ``root``; return the JSON path."""

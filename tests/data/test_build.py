@@ -13,11 +13,11 @@ from retinakit.data import (
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
-    register_coco_instances,
     get_eval_dataset_names,
     get_train_dataset_names,
+    register_coco_instances,
+    samplers,
 )
-from retinakit.data import samplers
 
 from .helpers import make_coco
 

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from retinakit.data import DatasetCatalog, DatasetError, MetadataCatalog, load_coco_json, register_coco_instances
+from retinakit.data import (
+    DatasetCatalog,
+    DatasetError,
+    MetadataCatalog,
+    load_coco_json,
+    register_coco_instances,
+)
 from retinakit.data.errors import BadImageError
 
 from .helpers import make_coco, write_image

@@ -10,7 +10,12 @@ import torch
 from PIL import Image
 
 from retinakit.config import get_cfg
-from retinakit.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
+from retinakit.data import (
+    DatasetMapper,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from retinakit.data.dali import DaliLoader, build_dali_test_loader, dali_available
 from retinakit.data.samplers import InferenceSampler
 from retinakit.data.transforms import DetectionTransform

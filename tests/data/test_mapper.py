@@ -1,11 +1,10 @@
 """DatasetMapper output format (the model's input contract)."""
+import pytest
 import torch
 
 from retinakit.config import get_cfg
 from retinakit.data import BadImageError, DatasetMapper, load_coco_json
 from retinakit.structures import Boxes, Instances
-
-import pytest
 
 
 def _cfg(**kw):

@@ -3,7 +3,11 @@ import itertools
 
 import torch
 
-from retinakit.data.samplers import InferenceSampler, TrainingSampler, group_by_aspect_ratio
+from retinakit.data.samplers import (
+    InferenceSampler,
+    TrainingSampler,
+    group_by_aspect_ratio,
+)
 
 
 def test_training_sampler_shards_one_permutation():

@@ -6,7 +6,11 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from retinakit.config import get_cfg
-from retinakit.data import DatasetMapper, InferencePreprocessor, build_inference_preprocess
+from retinakit.data import (
+    DatasetMapper,
+    InferencePreprocessor,
+    build_inference_preprocess,
+)
 from retinakit.data.transforms import DetectionTransform, TransformParams, resized_shape
 
 

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from ..catalog import DatasetCatalog, MetadataCatalog
 from ..coco import load_coco_json
 from .shapes_draw import CLASSES, draw_image
 
-__all__ = ["ShapesSpec", "SPECS", "generate_shapes", "register_shapes", "register_all_shapes", "shapes_root", "CLASSES"]
+__all__ = ["CLASSES", "SPECS", "ShapesSpec", "generate_shapes", "register_all_shapes", "register_shapes", "shapes_root"]
 
 GENERATOR_VERSION = 1
 
@@ -49,7 +49,7 @@ class ShapesSpec:
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
-SPECS: Dict[str, ShapesSpec] = {
+SPECS: dict[str, ShapesSpec] = {
     "shapes_train": ShapesSpec(num_images=400, seed=0),
     "shapes_val": ShapesSpec(num_images=100, seed=1),
     "shapes_small_train": ShapesSpec(num_images=400, image_size=256, min_object=4.0, max_object_frac=24 / 256, max_objects=10, seed=2),
@@ -57,13 +57,13 @@ SPECS: Dict[str, ShapesSpec] = {
 }
 
 
-def shapes_root(root: Optional[str] = None) -> str:
+def shapes_root(root: str | None = None) -> str:
     """``<root>/shapes``: ``root`` argument, else ``$RETINAKIT_DATASETS``, else ``~/.cache/retinakit``."""
     base = root or os.environ.get("RETINAKIT_DATASETS") or os.path.join(os.path.expanduser("~"), ".cache", "retinakit")
     return os.path.join(base, "shapes")
 
 
-def _coco_json(spec: ShapesSpec, per_image: List[list]) -> Dict[str, Any]:
+def _coco_json(spec: ShapesSpec, per_image: list[list]) -> dict[str, Any]:
     images, annotations = [], []
     for i, objects in enumerate(per_image):
         images.append({"id": i + 1, "file_name": f"{i:06d}.png", "width": spec.image_size, "height": spec.image_size})
@@ -89,7 +89,7 @@ def _write(spec: ShapesSpec, out_dir: str) -> None:
         json.dump(_coco_json(spec, per_image), f)
 
 
-def generate_shapes(name: str, spec: ShapesSpec, root: Optional[str] = None) -> str:
+def generate_shapes(name: str, spec: ShapesSpec, root: str | None = None) -> str:
     """Make sure the files of ``spec`` exist; return their folder (``annotations.json``, ``images/``).
 
     Written to a temporary folder and renamed, so concurrent processes never see half a dataset.
@@ -111,7 +111,7 @@ def generate_shapes(name: str, spec: ShapesSpec, root: Optional[str] = None) -> 
     return out_dir
 
 
-def register_shapes(name: str, spec: ShapesSpec, root: Optional[str] = None) -> None:
+def register_shapes(name: str, spec: ShapesSpec, root: str | None = None) -> None:
     """Register ``name`` (DatasetCatalog + MetadataCatalog); files are generated on first use.
 
     Metadata: ``thing_classes`` now; ``json_file`` / ``image_root`` (generating the files)
@@ -121,7 +121,7 @@ def register_shapes(name: str, spec: ShapesSpec, root: Optional[str] = None) -> 
     def folder() -> str:
         return generate_shapes(name, spec, root)
 
-    def load(**policies: Any) -> List[dict]:
+    def load(**policies: Any) -> list[dict]:
         d = folder()
         return load_coco_json(os.path.join(d, "annotations.json"), os.path.join(d, "images"), name, **policies)
 
@@ -142,7 +142,7 @@ def register_shapes(name: str, spec: ShapesSpec, root: Optional[str] = None) -> 
     meta.set_lazy(paths, ["json_file", "image_root"])
 
 
-def register_all_shapes(root: Optional[str] = None) -> None:
+def register_all_shapes(root: str | None = None) -> None:
     """Register every name of :data:`SPECS` (called when ``retinakit.data`` is imported)."""
     for name, spec in SPECS.items():
         register_shapes(name, spec, root)

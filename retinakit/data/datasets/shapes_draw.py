@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import colorsys
 import math
-from typing import List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -11,10 +10,10 @@ from PIL import Image, ImageDraw
 __all__ = ["CLASSES", "draw_image"]
 
 CLASSES = ("circle", "square", "triangle", "star")
-Box = Tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
 
 
-def _color(rng: np.random.Generator, sat: Tuple[float, float], val: Tuple[float, float]) -> Tuple[int, int, int]:
+def _color(rng: np.random.Generator, sat: tuple[float, float], val: tuple[float, float]) -> tuple[int, int, int]:
     r, g, b = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(*sat), rng.uniform(*val))
     return int(r * 255), int(g * 255), int(b * 255)
 
@@ -42,7 +41,7 @@ def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _vertices(kind: str, cx: float, cy: float, s: float) -> List[Tuple[float, float]]:
+def _vertices(kind: str, cx: float, cy: float, s: float) -> list[tuple[float, float]]:
     r = s / 2
     if kind == "square":
         return [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
@@ -56,7 +55,7 @@ def _vertices(kind: str, cx: float, cy: float, s: float) -> List[Tuple[float, fl
     return pts
 
 
-def _draw(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, s: float, color: Tuple[int, int, int]) -> Box:
+def _draw(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, s: float, color: tuple[int, int, int]) -> Box:
     """Draw one shape; return its tight pixel box (x1/y1 exclusive)."""
     if kind == "circle":
         x0, y0 = round(cx - s / 2), round(cy - s / 2)
@@ -78,12 +77,12 @@ def _covered(a: Box, b: Box) -> float:
     return iw * ih / ((a[2] - a[0]) * (a[3] - a[1]))
 
 
-def draw_image(rng: np.random.Generator, h: int, w: int, min_size: float, max_size: float, max_objects: int, max_occlusion: float = 0.5) -> Tuple[Image.Image, List[Tuple[int, Box]]]:
+def draw_image(rng: np.random.Generator, h: int, w: int, min_size: float, max_size: float, max_objects: int, max_occlusion: float = 0.5) -> tuple[Image.Image, list[tuple[int, Box]]]:
     """One image and its ``[(class_index, box), ...]``. Object sizes are log-uniform in
     ``[min_size, max_size]``; a new shape may cover at most ``max_occlusion`` of an earlier one."""
     img = Image.fromarray(background(rng, h, w))
     draw = ImageDraw.Draw(img)
-    objects: List[Tuple[int, Box]] = []
+    objects: list[tuple[int, Box]] = []
     count = 0 if rng.uniform() < 0.04 else int(rng.integers(1, max_objects + 1))  # ~4% negatives
     for _ in range(count):
         for _attempt in range(10):
