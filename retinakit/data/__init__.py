@@ -12,7 +12,7 @@ from .build import (
 )
 from .catalog import DatasetCatalog, Metadata, MetadataCatalog
 from .coco import load_coco_json, register_coco_instances
-from .datasets import register_all_shapes
+from .datasets import register_all_builtin
 from .errors import BadImageError, DatasetError
 from .image_io import read_image
 from .mapper import DatasetMapper
@@ -38,4 +38,4 @@ __all__ = [
     "register_datasets_from_cfg",
 ]
 
-register_all_shapes()
+register_all_builtin()
