@@ -23,10 +23,15 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from retinakit.config import get_cfg  # noqa: E402
-from retinakit.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts, read_image  # noqa: E402
-from retinakit.data.build import get_train_dataset_names  # noqa: E402
-from retinakit.data.stats import dataset_statistics, format_statistics  # noqa: E402
+from retinakit.config import get_cfg
+from retinakit.data import (
+    MetadataCatalog,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+    read_image,
+)
+from retinakit.data.build import get_train_dataset_names
+from retinakit.data.stats import dataset_statistics, format_statistics
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -18,7 +18,8 @@ from .mapper import DatasetMapper
 from .samplers import (
     InferenceSampler,
     TrainingSampler,
-    group_by_aspect_ratio,
+    batch_indices,
+    portrait_flags,
     shared_seed,
     world_info,
 )
@@ -133,21 +134,44 @@ def worker_init_reset_seed(worker_id: int) -> None:
     torch.manual_seed(seed)
 
 
-class _MapStream(IterableDataset):
-    """Maps the sampler's indices (split between workers) and batches them (aspect-grouped).
+def stream_seed(seed: int, rank: int, stream: int) -> int:
+    """Seed of the random transform parameters of one sampler stream (worker) of one rank."""
+    return (seed * 1_000_003 + rank * 10_007 + stream) % (2**63)
 
-    A skipped image (mapper returns None, ON_BAD_IMAGE skip) is replaced by the next index.
+
+class _MapStream(IterableDataset):
+    """The sampler's indices, split between ``n`` workers, batched (aspect-grouped) and mapped.
+
+    Stream ``k`` takes sampler positions ``k, k + n, ...`` and draws its transform parameters
+    from a generator seeded by ``stream_seed(seed, rank, k)``. The DataLoader hands out
+    batches round-robin over workers, so batch ``j`` is batch ``j // n`` of stream ``j % n``;
+    ``start_iter`` re-creates exactly that order by giving worker ``w`` stream
+    ``(start_iter + w) % n`` and skipping the batches it had produced, without reading their
+    images (only the random parameters are replayed, when the mapper has ``advance``).
+    A batch whose image was skipped (mapper returned None) is yielded shorter.
     """
 
-    def __init__(self, dataset: Any, mapper: Callable, sampler: Any, batch_size: int, group: bool) -> None:
+    def __init__(self, dataset: Any, mapper: Callable, sampler: Any, batch_size: int, group: bool, seed: int, rank: int, start_iter: int = 0) -> None:
         self.dataset, self.mapper, self.sampler = dataset, mapper, sampler
-        self.batch_size, self.group = batch_size, group
+        self.batch_size, self.group, self.seed, self.rank, self.start_iter = batch_size, group, seed, rank, start_iter
+        self.portrait = np.array(portrait_flags([dataset[i] for i in range(len(dataset))]), dtype=bool)
 
     def __iter__(self) -> Iterator[list[dict]]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        indices = itertools.islice(iter(self.sampler), wid, None, nw)
-        yield from group_by_aspect_ratio((self.mapper(self.dataset[i]) for i in indices), self.batch_size, self.group)
+        stream, skip = (self.start_iter + wid) % nw, (self.start_iter + wid) // nw
+        if hasattr(self.mapper, "generator"):
+            self.mapper.generator = torch.Generator().manual_seed(stream_seed(self.seed, self.rank, stream))
+        advance = getattr(self.mapper, "advance", None)
+        indices = itertools.islice(iter(self.sampler), stream, None, nw)
+        for k, batch in enumerate(batch_indices(indices, self.portrait, self.batch_size, self.group)):
+            if k < skip:
+                for i in batch if advance else ():
+                    advance(self.dataset[i])
+                continue
+            out = [m for m in (self.mapper(self.dataset[i]) for i in batch) if m is not None]
+            if out:
+                yield out
 
 
 def _per_rank_batch(total: int) -> int:
@@ -157,13 +181,17 @@ def _per_rank_batch(total: int) -> int:
     return total // world
 
 
-def build_detection_train_loader(cfg: Any, mapper: Callable | None = None, dataset: list[dict] | None = None) -> Iterator[list[dict]]:
+def build_detection_train_loader(
+    cfg: Any, mapper: Callable | None = None, dataset: list[dict] | None = None, start_iter: int = 0
+) -> Iterator[list[dict]]:
     """Infinite iterable of ``list[dict]`` (mapper outputs), ``IMS_PER_BATCH // world_size`` each.
 
     Datasets: ``DATASETS.TRAIN`` (+ ``TRAIN_JSON``) unless ``dataset`` is given. The order
     comes from an infinite sampler seeded by ``SEED`` (same permutation on every rank, each
     rank a shard); workers (``DATALOADER.NUM_WORKERS``) are seeded from it; batches are
     aspect-ratio grouped when ``DATALOADER.ASPECT_RATIO_GROUPING``.
+    ``start_iter`` resumes the stream exactly where a loader built with the same config
+    would be after ``start_iter`` batches, without reading the skipped images.
     ``DATALOADER.BACKEND: dali`` returns the DALI loader with the same batch structure.
     """
     if dataset is None:
@@ -174,13 +202,13 @@ def build_detection_train_loader(cfg: Any, mapper: Callable | None = None, datas
     if backend == "dali":
         from .dali import build_dali_train_loader
 
-        return build_dali_train_loader(cfg, dataset, batch, seed)
+        return build_dali_train_loader(cfg, dataset, batch, seed, start_iter)
     if backend != "torch":
         raise ValueError(f"DATALOADER.BACKEND must be 'torch' or 'dali', got {backend!r}.")
     mapper = mapper or DatasetMapper(cfg, is_train=True)
     sampler = TrainingSampler(len(dataset), seed=seed)
-    stream = _MapStream(SerializedList(dataset), mapper, sampler, batch, cfg.DATALOADER.ASPECT_RATIO_GROUPING)
     rank = world_info()[0]
+    stream = _MapStream(SerializedList(dataset), mapper, sampler, batch, cfg.DATALOADER.ASPECT_RATIO_GROUPING, seed, rank, start_iter)
     workers = cfg.DATALOADER.NUM_WORKERS
     return DataLoader(
         stream,

@@ -22,7 +22,13 @@ import torch
 
 from .errors import BadImageError
 from .mapper import annotations_to_instances
-from .samplers import InferenceSampler, TrainingSampler, world_info
+from .samplers import (
+    InferenceSampler,
+    TrainingSampler,
+    batch_indices,
+    portrait_flags,
+    world_info,
+)
 from .transforms import DetectionTransform, TransformParams
 
 __all__ = ["DaliLoader", "build_dali_test_loader", "build_dali_train_loader", "dali_available"]
@@ -115,26 +121,27 @@ class DaliLoader:
         num_threads: int = 2,
         prefetch: int = 2,
         seed: int = 0,
+        start_iter: int = 0,
     ) -> None:
         self.dataset, self.transform, self.batch_size = dataset, transform, batch_size
         self.indices, self.keep_instances, self.group = indices, keep_instances, group
         self.image_format, self.num_threads, self.prefetch = image_format, num_threads, prefetch
         self.device_id = _resolve_device(device)
         self.generator = torch.Generator().manual_seed(seed)
+        self.start_iter = start_iter
         _dali()
 
     def _batches(self) -> Iterator[list[int]]:
-        buckets: list[list[int]] = [[], []]
-        for i in self.indices:
-            d = self.dataset[i]
-            b = buckets[int(d["height"] > d["width"]) if self.group else 0]
-            b.append(i)
-            if len(b) == self.batch_size:
-                yield b[:]
-                del b[:]
-        rest = [i for b in buckets for i in b]
-        for k in range(0, len(rest), self.batch_size):
-            yield rest[k : k + self.batch_size]
+        """Batches of the sampler (aspect-grouped); the first ``start_iter`` are skipped,
+        replaying only their random parameters."""
+        batches = batch_indices(self.indices, portrait_flags(self.dataset), self.batch_size, self.group)
+        for k, idx in enumerate(batches):
+            if k >= self.start_iter:
+                yield idx
+                continue
+            for i in idx:
+                d = self.dataset[i]
+                self.transform.sample_params(d["height"], d["width"], self.generator)
 
     def _source(self, batches: Iterator[list[int]], pending: collections.deque):
         def feed():
@@ -196,8 +203,11 @@ class DaliLoader:
             yield batch
 
 
-def build_dali_train_loader(cfg: Any, dataset: list[dict], batch_size: int, seed: int) -> DaliLoader:
-    """The DALI training loader of ``cfg`` (same sampler, grouping and transform as torch's)."""
+def build_dali_train_loader(cfg: Any, dataset: list[dict], batch_size: int, seed: int, start_iter: int = 0) -> DaliLoader:
+    """The DALI training loader of ``cfg``: same sampler, grouping, transform and random
+    parameters as the torch loader with ``NUM_WORKERS 0`` (one stream, ``stream_seed(seed, rank, 0)``)."""
+    from .build import stream_seed
+
     rank = world_info()[0]
     return DaliLoader(
         dataset,
@@ -210,7 +220,8 @@ def build_dali_train_loader(cfg: Any, dataset: list[dict], batch_size: int, seed
         device=cfg.DATALOADER.DALI.DEVICE,
         num_threads=cfg.DATALOADER.DALI.NUM_THREADS,
         prefetch=cfg.DATALOADER.DALI.PREFETCH_QUEUE_DEPTH,
-        seed=seed + rank,
+        seed=stream_seed(seed, rank, 0),
+        start_iter=start_iter,
     )
 
 

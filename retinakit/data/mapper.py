@@ -62,6 +62,9 @@ class DatasetMapper:
         self.keep_instances = is_train if keep_instances is None else keep_instances
         self.on_bad_image = check_policy(on_bad_image, "DATALOADER.ON_BAD_IMAGE")
         self.skipped = 0
+        # Source of the random transform parameters (None: torch's global RNG). The train
+        # loader gives each worker its own seeded generator.
+        self.generator: torch.Generator | None = None
 
     @classmethod
     def from_config(cls, cfg: Any, is_train: bool = True, keep_instances: bool | None = None) -> dict[str, Any]:
@@ -95,7 +98,7 @@ class DatasetMapper:
     def map_decoded(self, d: dict[str, Any], image: torch.Tensor, params: TransformParams | None = None) -> dict[str, Any]:
         """Apply the transform to a decoded ``uint8 [3, H, W]`` image and the annotations of ``d``."""
         h, w = int(image.shape[1]), int(image.shape[2])
-        p = params or self.transform.sample_params(h, w)
+        p = params or self.transform.sample_params(h, w, self.generator)
         out = {k: v for k, v in d.items() if k != "annotations"}
         out["height"], out["width"] = int(d.get("height") or h), int(d.get("width") or w)
         out["image"] = self.transform.apply_image(image, p)
@@ -106,9 +109,18 @@ class DatasetMapper:
             out["instances"] = annotations_to_instances(annos, boxes, p.out_size)
         return out
 
+    def advance(self, dataset_dict: dict[str, Any]) -> None:
+        """Consume the random draws that mapping ``dataset_dict`` would (used to resume a stream)."""
+        d = dataset_dict
+        if d.get("height") and d.get("width"):
+            self.transform.sample_params(int(d["height"]), int(d["width"]), self.generator)
+
     def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any] | None:
         d = copy.copy(dataset_dict)
+        params = None
+        if d.get("height") and d.get("width"):  # drawn before reading, so a skipped image consumes them too
+            params = self.transform.sample_params(int(d["height"]), int(d["width"]), self.generator)
         img = self.read(d)
         if img is None:
             return None
-        return self.map_decoded(d, torch.from_numpy(img).permute(2, 0, 1).contiguous())
+        return self.map_decoded(d, torch.from_numpy(img).permute(2, 0, 1).contiguous(), params)

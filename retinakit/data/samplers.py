@@ -1,15 +1,14 @@
 """Samplers: infinite shuffled training stream sharded per rank; sharded inference order;
-aspect-ratio grouping of mapped images into batches."""
+aspect-ratio grouping of indices into batches."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["InferenceSampler", "TrainingSampler", "group_by_aspect_ratio", "shared_seed", "world_info"]
+__all__ = ["InferenceSampler", "TrainingSampler", "batch_indices", "portrait_flags", "shared_seed", "world_info"]
 
 
 def world_info() -> tuple:
@@ -72,16 +71,22 @@ class InferenceSampler:
         return self.end - self.begin
 
 
-def group_by_aspect_ratio(items: Iterable[dict[str, Any] | None], batch_size: int, group: bool = True) -> Iterator[list[dict[str, Any]]]:
-    """Batch mapped dicts; with ``group`` a batch holds only landscape (w >= h) or only
-    portrait images (sizes read from ``item["image"]`` ``[C, H, W]``). ``None`` items are skipped."""
-    buckets: list[list[dict[str, Any]]] = [[], []]
-    for item in items:
-        if item is None:
-            continue
-        h, w = item["image"].shape[-2:]
-        bucket = buckets[int(h > w) if group else 0]
-        bucket.append(item)
+def batch_indices(indices: Iterable[int], portrait: Sequence[bool], batch_size: int, group: bool = True) -> Iterator[list[int]]:
+    """Batch a stream of indices. With ``group`` a batch holds only landscape/square or only
+    portrait images (``portrait[i]``: height > width of image ``i``, known from the dataset
+    dicts, so no image is read to decide). A finite stream ends with its partial batches."""
+    buckets: list[list[int]] = [[], []]
+    for i in indices:
+        bucket = buckets[int(bool(portrait[i])) if group else 0]
+        bucket.append(i)
         if len(bucket) == batch_size:
             yield bucket[:]
             del bucket[:]
+    for bucket in buckets:
+        if bucket:
+            yield bucket
+
+
+def portrait_flags(dataset: Sequence[dict]) -> list[bool]:
+    """``height > width`` of each dataset dict (False when the size is unknown)."""
+    return [bool(d.get("height") and d.get("width") and d["height"] > d["width"]) for d in dataset]

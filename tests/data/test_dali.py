@@ -91,6 +91,19 @@ def test_train_loader_parity_fixed_size(parity_cfg):
 
 
 @needs_dali
+def test_train_loader_parity_with_jitter_and_flips(parity_cfg):
+    """DALI draws the same random sizes/flips as the torch loader with NUM_WORKERS 0."""
+    parity_cfg.INPUT.MIN_SIZE_TRAIN, parity_cfg.INPUT.RANDOM_FLIP = (64, 80, 96), "horizontal"
+    t = list(itertools.islice(iter(build_detection_train_loader(parity_cfg)), 8))
+    assert len({(d["image"].shape, d["instances"].gt_boxes.tensor[0, 0].item()) for b in t for d in b}) > 8
+    parity_cfg.DATALOADER.BACKEND = "dali"
+    d = itertools.islice(iter(build_detection_train_loader(parity_cfg)), 8)
+    assert _compare(t, d) == 24
+    resumed = itertools.islice(iter(build_detection_train_loader(parity_cfg, start_iter=5)), 3)
+    assert _compare(t[5:], resumed) == 9
+
+
+@needs_dali
 @pytest.mark.parametrize("min_size,border_tol", [(0, None), (72, None), (120, None), (30, 12)])
 def test_test_loader_parity(parity_cfg, min_size, border_tol):
     """No resize and upscaling: all pixels within 1. Downscaling (30 px): DALI and torchvision

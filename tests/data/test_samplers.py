@@ -1,12 +1,11 @@
 """Samplers: shards, determinism, aspect-ratio grouping."""
 import itertools
 
-import torch
-
 from retinakit.data.samplers import (
     InferenceSampler,
     TrainingSampler,
-    group_by_aspect_ratio,
+    batch_indices,
+    portrait_flags,
 )
 
 
@@ -27,11 +26,9 @@ def test_inference_sampler_covers_once():
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
-def test_group_by_aspect_ratio():
-    def item(h, w, k):
-        return {"image": torch.zeros(3, h, w), "k": k}
-
-    items = [item(10, 20, 0), item(20, 10, 1), None, item(10, 10, 2), item(30, 10, 3), item(5, 6, 4)]
-    batches = list(group_by_aspect_ratio(iter(items), 2))
-    assert [[b["k"] for b in batch] for batch in batches] == [[0, 2], [1, 3]]
-    assert [[b["k"] for b in batch] for batch in group_by_aspect_ratio(iter(items), 2, group=False)] == [[0, 1], [2, 3]]
+def test_batch_indices_grouping():
+    portrait = portrait_flags([{"height": h, "width": w} for h, w in [(10, 20), (20, 10), (10, 10), (30, 10), (5, 6), (7, 3)]] + [{}])
+    assert portrait == [False, True, False, True, False, True, False]
+    assert list(batch_indices(iter([0, 1, 2, 3, 4, 6]), portrait, 2)) == [[0, 2], [1, 3], [4, 6]]
+    assert list(batch_indices(iter(range(5)), portrait, 2, group=False)) == [[0, 1], [2, 3], [4]]
+    assert list(batch_indices(iter([1, 0, 5]), portrait, 3)) == [[0], [1, 5]]  # finite: partial batches at the end

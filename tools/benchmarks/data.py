@@ -44,8 +44,7 @@ def _cfg(args: argparse.Namespace):
         cfg.DATASETS.TRAIN, cfg.DATASETS.TRAIN_JSON = tuple(args.dataset), ""
     if not cfg.DATASETS.TRAIN and not cfg.DATASETS.TRAIN_JSON:
         cfg.DATASETS.TRAIN = ("shapes_train",)
-    if cfg.SEED < 0:
-        cfg.SEED = 0
+    cfg.SEED = max(cfg.SEED, 0)
     return cfg
 
 
