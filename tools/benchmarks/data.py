@@ -3,8 +3,9 @@
     python tools/benchmark.py data --config-file configs/quickstart/shapes.yaml
     python tools/benchmark.py data --dataset shapes_train --batches 50 --repeats 5 INPUT.MIN_SIZE_TRAIN "(320,)"
 
-Each backend is warmed up, then timed over ``--repeats`` windows of ``--batches`` batches
-(same process, same run); the report gives the median images/s, the spread (min-max) and
+Each backend is warmed up, then the backends are timed in alternating windows of
+``--batches`` batches, ``--repeats`` windows each (same process, same run, same background
+load); the report gives the median images/s, the spread (min-max) and
 the DALI/torch ratio. Images are decoded, resized, flipped and turned into Instances exactly
 as the trainer receives them; nothing else runs.
 """
@@ -48,20 +49,24 @@ def _cfg(args: argparse.Namespace):
     return cfg
 
 
-def _time_backend(cfg, dataset, backend: str, args) -> list:
+def _time_backends(cfg, dataset, backends: list, args) -> dict:
+    """Warm every backend up, then time them in alternating windows, so that background
+    load on the machine hits all of them alike."""
     from retinakit.data import build_detection_train_loader
 
-    cfg = cfg.clone()
-    cfg.DATALOADER.BACKEND = backend
-    it = iter(build_detection_train_loader(cfg, dataset=dataset))
-    for _ in range(args.warmup):
-        next(it)
-    rates = []
+    iters = {}
+    for b in backends:
+        c = cfg.clone()
+        c.DATALOADER.BACKEND = b
+        iters[b] = iter(build_detection_train_loader(c, dataset=dataset))
+        for _ in range(args.warmup):
+            next(iters[b])
+    rates: dict = {b: [] for b in backends}
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        n = sum(len(b) for b in itertools.islice(it, args.batches))
-        rates.append(n / (time.perf_counter() - t0))
-    del it
+        for b, it in iters.items():
+            t0 = time.perf_counter()
+            n = sum(len(x) for x in itertools.islice(it, args.batches))
+            rates[b].append(n / (time.perf_counter() - t0))
     return rates
 
 
@@ -77,13 +82,15 @@ def main(args: argparse.Namespace) -> int:
     backends = [b for b in args.backends if b != "dali" or dali_available()]
     if len(backends) < len(args.backends):
         print("NVIDIA DALI is not installed (pip install 'retinakit[dali]'): timing the torch loader only.")
-    results = {b: _time_backend(cfg, dataset, b, args) for b in backends}
+    load_before = os.getloadavg()[0]
+    results = _time_backends(cfg, dataset, backends, args)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and cfg.DATALOADER.DALI.DEVICE != "cpu" else "CPU"
     print(
         f"data loaders: {len(dataset)} images ({', '.join(get_train_dataset_names(cfg))}), IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH}, "
         f"MIN_SIZE_TRAIN {tuple(cfg.INPUT.MIN_SIZE_TRAIN)}, MAX_SIZE_TRAIN {cfg.INPUT.MAX_SIZE_TRAIN}, flip {cfg.INPUT.RANDOM_FLIP}; "
         f"torch NUM_WORKERS {cfg.DATALOADER.NUM_WORKERS}, DALI {cfg.DATALOADER.DALI.NUM_THREADS} threads on {device}; "
-        f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
+        f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+        f"1-min load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after"
     )
     print(f"{'backend':<8} {'images/s (median)':>18} {'min':>8} {'max':>8}  ratio vs torch")
     base = statistics.median(results["torch"]) if "torch" in results else None
