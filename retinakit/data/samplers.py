@@ -3,6 +3,7 @@ aspect-ratio grouping of indices into batches."""
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
@@ -22,9 +23,9 @@ def shared_seed(seed: int) -> int:
     """``seed`` if >= 0; otherwise a random seed drawn on rank 0 and broadcast to every rank."""
     if seed >= 0:
         return int(seed)
-    drawn = torch.randint(2**31 - 1, (1,), generator=torch.Generator().manual_seed(torch.seed() % 2**63))
+    drawn = int.from_bytes(os.urandom(4), "little") % (2**31 - 1)  # leaves torch's global RNG alone
     if world_info()[1] > 1:
-        obj = [int(drawn)]
+        obj = [drawn]
         dist.broadcast_object_list(obj, src=0)
         return int(obj[0])
     return int(drawn)

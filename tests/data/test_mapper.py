@@ -53,3 +53,10 @@ def test_bad_image_policy(coco_dir):
         DatasetMapper(_cfg(), is_train=True)(d)
     m = DatasetMapper(_cfg(**{"DATALOADER.ON_BAD_IMAGE": "skip"}), is_train=True)
     assert m(d) is None and m(dict(d, file_name="/nonexistent.png")) is None and m.skipped == 2
+
+
+def test_image_without_boxes(coco_dir):
+    d = dict(load_coco_json(*coco_dir)[0], annotations=[])
+    inst = DatasetMapper(_cfg(), is_train=True)(d)["instances"]
+    assert len(inst) == 0 and inst.gt_boxes.tensor.shape == (0, 4) and inst.gt_classes.dtype == torch.int64
+    assert inst.gt_ignore.dtype == torch.bool

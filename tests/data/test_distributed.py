@@ -1,0 +1,45 @@
+"""Two real gloo processes: per-rank train shards of one permutation, test shards without overlap."""
+import itertools
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from retinakit.config import get_cfg
+from retinakit.data import build_detection_test_loader, build_detection_train_loader
+
+from .helpers import make_coco
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, js, root, port, out_dir):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        cfg = get_cfg()
+        cfg.DATASETS.TRAIN_JSON, cfg.DATASETS.TRAIN_IMAGES = js, root
+        cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TEST = (16,), 16
+        cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS = 2, 0
+        cfg.DATALOADER.ASPECT_RATIO_GROUPING, cfg.SEED = False, -1  # seed drawn on rank 0, broadcast
+        train = [d["image_id"] for b in itertools.islice(iter(build_detection_train_loader(cfg)), 7) for d in b]
+        test = [d["image_id"] for b in build_detection_test_loader(cfg, "cfg_train") for d in b]
+        torch.save({"train": train, "test": test}, os.path.join(out_dir, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks(tmp_path):
+    js = make_coco(str(tmp_path), sizes=[(20, 20)] * 7)
+    mp.start_processes(_worker, args=(js, str(tmp_path / "img"), _port(), str(tmp_path)), nprocs=2, start_method="fork")
+    r0, r1 = (torch.load(tmp_path / f"{r}.pt") for r in range(2))
+    assert len(r0["train"]) == len(r1["train"]) == 7
+    # one permutation per epoch (same broadcast seed), dealt out alternately: rank 0 takes
+    # positions 0, 2, 4, 6 and rank 1 positions 1, 3, 5 of the first epoch
+    assert sorted(r0["train"][:4] + r1["train"][:3]) == list(range(100, 107))
+    assert sorted(r0["test"] + r1["test"]) == list(range(100, 107)) and len(r0["test"]) == 4
