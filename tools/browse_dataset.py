@@ -106,4 +106,11 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from retinakit.config import ConfigError
+    from retinakit.data import DatasetError
+
+    try:
+        sys.exit(main())
+    except (DatasetError, ConfigError, KeyError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        sys.exit(1)
