@@ -10,7 +10,7 @@ from .model import add_model_config
 from .solver import add_solver_config
 
 _C = CN()
-_C.VERSION = 1
+_C.VERSION = 1  # config format version
 # Python modules imported before anything is built, so that components they register
 # (backbones, losses, hooks, ...) can be named in the config. E.g. ["projects.ResNet10.resnet10"].
 _C.CUSTOM_IMPORTS = []
