@@ -75,9 +75,7 @@ def get_eval_dataset_names(cfg: Any) -> list[str]:
 
 
 def _load(name: str, policies: dict[str, Any]) -> list[dict]:
-    if name not in DatasetCatalog:
-        DatasetCatalog.get(name)  # raises the helpful KeyError
-    func = DatasetCatalog._funcs[name]
+    func = DatasetCatalog.get_function(name)
     dicts = func(**policies) if getattr(func, "accepts_policies", False) and policies else func()
     if not isinstance(dicts, list):
         raise DatasetError(f"The function registered for dataset '{name}' returned {type(dicts).__name__}; it must return a list of dicts.")
@@ -134,6 +132,30 @@ def worker_init_reset_seed(worker_id: int) -> None:
     torch.manual_seed(seed)
 
 
+class _WorkerError:
+    """A DatasetError raised in a loader worker, carried to the main process and re-raised
+    there as itself (not wrapped in DataLoader's "Caught ... in worker" traceback text)."""
+
+    def __init__(self, error: DatasetError) -> None:
+        self.error = error
+
+
+def _reraise(item: Any) -> Any:
+    if isinstance(item, _WorkerError):
+        raise item.error
+    return item
+
+
+class TrainLoader:
+    """Infinite iterable of ``list[dict]`` over a DataLoader (see ``build_detection_train_loader``)."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[list[dict]]:
+        return (_reraise(b) for b in self.loader)
+
+
 def stream_seed(seed: int, rank: int, stream: int) -> int:
     """Seed of the random transform parameters of one sampler stream (worker) of one rank."""
     return (seed * 1_000_003 + rank * 10_007 + stream) % (2**63)
@@ -169,7 +191,11 @@ class _MapStream(IterableDataset):
                 for i in batch if advance else ():
                     advance(self.dataset[i])
                 continue
-            out = [m for m in (self.mapper(self.dataset[i]) for i in batch) if m is not None]
+            try:
+                out = [m for m in (self.mapper(self.dataset[i]) for i in batch) if m is not None]
+            except DatasetError as e:
+                yield _WorkerError(e)
+                return
             if out:
                 yield out
 
@@ -210,7 +236,7 @@ def build_detection_train_loader(
     rank = world_info()[0]
     stream = _MapStream(SerializedList(dataset), mapper, sampler, batch, cfg.DATALOADER.ASPECT_RATIO_GROUPING, seed, rank, start_iter)
     workers = cfg.DATALOADER.NUM_WORKERS
-    return DataLoader(
+    loader = DataLoader(
         stream,
         batch_size=None,
         num_workers=workers,
@@ -219,6 +245,7 @@ def build_detection_train_loader(
         persistent_workers=workers > 0,
         prefetch_factor=2 if workers > 0 else None,
     )
+    return TrainLoader(loader)
 
 
 class _MapDataset(Dataset):
@@ -228,11 +255,14 @@ class _MapDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, idx: int) -> dict | None:
-        return self.mapper(self.dataset[idx])
+    def __getitem__(self, idx: int) -> Any:
+        try:
+            return self.mapper(self.dataset[idx])
+        except DatasetError as e:
+            return _WorkerError(e)
 
 
-def _drop_none(batch: list[dict | None]) -> list[dict]:
+def _drop_none(batch: list[Any]) -> list[Any]:
     return [b for b in batch if b is not None]
 
 
@@ -247,7 +277,7 @@ class InferenceLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[list[dict]]:
-        return (b for b in self.loader if b)
+        return ([_reraise(x) for x in b] for b in self.loader if b)
 
 
 def build_detection_test_loader(

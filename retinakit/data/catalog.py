@@ -40,6 +40,12 @@ class _DatasetCatalog:
             raise KeyError(_unknown("DatasetCatalog", name, list(self._funcs)))
         return self._funcs[name]()
 
+    def get_function(self, name: str) -> Callable[..., builtins.list[dict]]:
+        """The function registered as ``name`` (not called)."""
+        if name not in self._funcs:
+            raise KeyError(_unknown("DatasetCatalog", name, list(self._funcs)))
+        return self._funcs[name]
+
     def list(self) -> builtins.list[str]:
         return sorted(self._funcs)
 

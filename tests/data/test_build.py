@@ -128,3 +128,18 @@ def test_start_iter_resumes_exactly(tmp_path, workers):
     resumed = _signature(itertools.islice(iter(build_detection_train_loader(cfg, start_iter=5)), 4))
     assert resumed == full[5:9]
     assert len({s for b in full for s in b}) > 10  # sizes/flips really vary
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_image_in_worker_gives_one_clean_message(tmp_path, workers):
+    from retinakit.data import BadImageError
+
+    js = make_coco(str(tmp_path), sizes=[(20, 20)] * 3)
+    data = (tmp_path / "img" / "im1.png").read_bytes()
+    (tmp_path / "img" / "im1.png").write_bytes(data[: len(data) // 2])  # header intact, pixels truncated
+    cfg = _cfg(js, str(tmp_path / "img"), **{"DATALOADER.NUM_WORKERS": workers})
+    for loader in (build_detection_train_loader(cfg), build_detection_test_loader(cfg, "cfg_test")):
+        with pytest.raises(BadImageError) as e:
+            list(itertools.islice(iter(loader), 5))
+        msg = str(e.value)
+        assert msg.startswith("Image ") and "image id 101" in msg and "truncated" in msg and "Traceback" not in msg
