@@ -10,6 +10,7 @@ from .build import (
     get_train_dataset_names,
     register_datasets_from_cfg,
 )
+from .collate import batch_images
 from .catalog import DatasetCatalog, Metadata, MetadataCatalog
 from .coco import load_coco_json, register_coco_instances
 from .datasets import register_all_builtin
@@ -26,6 +27,7 @@ __all__ = [
     "InferencePreprocessor",
     "Metadata",
     "MetadataCatalog",
+    "batch_images",
     "build_detection_test_loader",
     "build_detection_train_loader",
     "build_inference_preprocess",

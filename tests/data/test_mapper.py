@@ -60,3 +60,13 @@ def test_image_without_boxes(coco_dir):
     inst = DatasetMapper(_cfg(), is_train=True)(d)["instances"]
     assert len(inst) == 0 and inst.gt_boxes.tensor.shape == (0, 4) and inst.gt_classes.dtype == torch.int64
     assert inst.gt_ignore.dtype == torch.bool
+
+
+def test_batch_images_pads_to_divisibility(coco_dir):
+    from retinakit.data import batch_images
+
+    m = DatasetMapper(_cfg(**{"INPUT.RESIZE_IN_MODEL": True}), is_train=False)
+    batch = [m(d) for d in load_coco_json(*coco_dir)]  # 40x60, 50x30, 32x32
+    il = batch_images(batch, size_divisibility=32, dtype=torch.float32)
+    assert tuple(il.tensor.shape) == (3, 3, 64, 64) and il.image_sizes == [(40, 60), (50, 30), (32, 32)]
+    assert torch.equal(il[1], batch[1]["image"].float()) and il.tensor[1, :, 50:, :].abs().sum() == 0
