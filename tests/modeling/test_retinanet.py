@@ -153,3 +153,15 @@ def test_other_architecture_is_named_and_class_count_is_skipped(caplog):
 def test_in_features_error_names_available_features():
     with pytest.raises(ValueError, match=r"p2.*p3"):
         build_model(small_cfg(MODEL__RETINANET__IN_FEATURES="['p2', 'p3']"))
+
+
+def test_resize_in_model_scales_ground_truth():
+    model = build_model(small_cfg(INPUT__RESIZE_IN_MODEL=True, INPUT__MIN_SIZE_TRAIN="(256,)", INPUT__MAX_SIZE_TRAIN=1000)).train()
+    item = _inputs()[0]
+    images = model.preprocess_image([item])
+    assert images.image_sizes == [(256, 320)]
+    gt = model._ground_truth(item, images.image_sizes[0])
+    torch.testing.assert_close(gt.gt_boxes.tensor, item["instances"].gt_boxes.tensor * 2)
+    assert gt.image_size == (256, 320)
+    losses = model([item])
+    assert all(torch.isfinite(v) for v in losses.values())
