@@ -170,13 +170,16 @@ def load_coco_json(
     for r in records:
         r["annotations"] = []
     seen: set = set()
+    with_images = 0  # annotations of images dropped by the ON_BAD_IMAGE skip policy
     for ann in data["annotations"]:
         out, kind, msg = _annotation(ann, json_file, by_id, id_map, declared, seen)
         if out is not None:
             by_id[ann["image_id"]]["annotations"].append(out)
         elif msg:
             bad_ann.report(kind, msg)
-    bad_image.summary(json_file)
+        else:
+            with_images += 1
+    bad_image.summary(json_file, f" with their {with_images} annotations" if with_images else "")
     bad_ann.summary(json_file)
     if dataset_name is not None:
         _set_categories(MetadataCatalog.get(dataset_name), classes, id_map)

@@ -57,12 +57,13 @@ class ProblemLog:
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def summary(self, source: str) -> str | None:
+    def summary(self, source: str, extra: str = "") -> str | None:
+        """Log and return the one-line summary (``extra`` follows the counts)."""
         if not self.total:
             return None
         kinds = ", ".join(f"{k}: {n}" for k, n in self.counts.most_common())
         line = (
-            f"{source}: skipped {self.total} {self.what} ({kinds}) because {self.key} is 'skip'. "
+            f"{source}: skipped {self.total} {self.what} ({kinds}){extra} because {self.key} is 'skip'. "
             f"Examples: {' | '.join(self.examples)}"
         )
         logger.warning(line)

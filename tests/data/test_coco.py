@@ -159,7 +159,7 @@ def test_missing_and_corrupt_image_files(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         dicts = load_coco_json(js, str(tmp_path / "img"), on_bad_image="skip")
     assert [d["image_id"] for d in dicts] == [102]
-    assert any("skipped 2 images" in r.getMessage() for r in caplog.records)
+    assert any("skipped 2 images" in r.getMessage() and "with their 6 annotations" in r.getMessage() for r in caplog.records)
 
 
 def test_bad_policy_value(coco_dir):
