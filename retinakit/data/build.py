@@ -156,6 +156,12 @@ class TrainLoader:
         return (_reraise(b) for b in self.loader)
 
 
+def _refill(out: list[dict], size: int) -> list[dict]:
+    """Keep the batch size when images were skipped (ON_BAD_IMAGE skip): repeat the batch's
+    own good images (same orientation group; no extra random draws, so resuming stays exact)."""
+    return out + [out[k % len(out)] for k in range(size - len(out))]
+
+
 def stream_seed(seed: int, rank: int, stream: int) -> int:
     """Seed of the random transform parameters of one sampler stream (worker) of one rank."""
     return (seed * 1_000_003 + rank * 10_007 + stream) % (2**63)
@@ -170,7 +176,7 @@ class _MapStream(IterableDataset):
     ``start_iter`` re-creates exactly that order by giving worker ``w`` stream
     ``(start_iter + w) % n`` and skipping the batches it had produced, without reading their
     images (only the random parameters are replayed, when the mapper has ``advance``).
-    A batch whose image was skipped (mapper returned None) is yielded shorter.
+    A skipped image (mapper returned None) is replaced by another image of its batch.
     """
 
     def __init__(self, dataset: Any, mapper: Callable, sampler: Any, batch_size: int, group: bool, seed: int, rank: int, start_iter: int = 0) -> None:
@@ -197,7 +203,7 @@ class _MapStream(IterableDataset):
                 yield _WorkerError(e)
                 return
             if out:
-                yield out
+                yield _refill(out, len(batch))
 
 
 def _per_rank_batch(total: int) -> int:

@@ -143,3 +143,12 @@ def test_corrupt_image_in_worker_gives_one_clean_message(tmp_path, workers):
             list(itertools.islice(iter(loader), 5))
         msg = str(e.value)
         assert msg.startswith("Image ") and "image id 101" in msg and "truncated" in msg and "Traceback" not in msg
+
+
+def test_skipped_image_keeps_batch_size(tmp_path):
+    js = make_coco(str(tmp_path), sizes=[(20, 20)] * 3)
+    (tmp_path / "img" / "im1.png").write_bytes(b"broken")
+    cfg = _cfg(js, str(tmp_path / "img"), **{"DATALOADER.ON_BAD_IMAGE": "skip", "DATASETS.CHECK_IMAGE_FILES": False})
+    batches = list(itertools.islice(iter(build_detection_train_loader(cfg)), 6))
+    assert all(len(b) == 2 for b in batches)
+    assert {d["image_id"] for b in batches for d in b} == {100, 102}
