@@ -53,7 +53,7 @@ def _int8(job: Dict[str, Any]) -> None:
     data = dict(np.load(job["data"])) if job.get("data") else None
     cache = job.get("cache_in") or None
     if job["method"] == "percentile" and cache is None:
-        cache = os.path.join(os.path.dirname(job["output"]), "_percentile.cache")
+        cache = os.path.join(tempfile.mkdtemp(prefix="retinakit_pct_"), "percentile.cache")
         _percentile_cache(job, data, cache)
     if data is None:  # scales come from the cache; one blank sample only drives the quantizer
         data = {k: np.asarray(v, dtype=np.float32) for k, v in job["blank"].items()}

@@ -1,7 +1,37 @@
-"""EXPORT.* defaults (deployment: ONNX, FP16/INT8, TensorRT)."""
+"""EXPORT.* defaults (deployment: ONNX, FP16/INT8, TensorRT; see docs/deployment.md)."""
 from ..config import CfgNode as CN
 
 
 def add_export_config(_C: CN) -> None:
     _C.EXPORT = CN()
+    # ONNX opset of exported graphs (>= 18: NonMaxSuppression, TopK, ScatterND as used by the e2e graph).
     _C.EXPORT.OPSET = 18
+    # "e2e": normalisation + backbone + head + decode + NMS with outputs num_dets/boxes/scores/classes;
+    # "heads": raw per-level cls_logits_i / box_deltas_i (bring your own post-processing).
+    _C.EXPORT.MODE = "e2e"
+    # Use the legacy TorchScript exporter instead of torch.export (heads mode only; a fallback for old torch).
+    _C.EXPORT.LEGACY_EXPORTER = False
+    # (height, width) of the example traced at export; the graph keeps batch/height/width dynamic.
+    _C.EXPORT.EXAMPLE_SIZE = (320, 320)
+
+    _C.EXPORT.INT8 = CN()
+    # Calibration method: "entropy", "max" or "percentile" (percentile of |activation|).
+    _C.EXPORT.INT8.CALIBRATION_METHOD = "max"
+    # Percentile used by the "percentile" method.
+    _C.EXPORT.INT8.PERCENTILE = 99.999
+    # Calibration images used (evenly spaced over the folder when it holds more; 0 = all).
+    _C.EXPORT.INT8.NUM_IMAGES = 64
+    # An INT8 model fails verification when its AP is below (1 - this) x the PyTorch AP (MLPerf: 1%).
+    _C.EXPORT.INT8.MAX_RELATIVE_AP_DROP = 0.01
+
+    _C.EXPORT.TENSORRT = CN()
+    # Builder workspace memory limit (MiB).
+    _C.EXPORT.TENSORRT.WORKSPACE_MIB = 4096
+    # Optimisation profile: batch sizes (min, opt, max) the engine accepts.
+    _C.EXPORT.TENSORRT.BATCH = (1, 1, 8)
+    # Smallest padded input (height, width); the largest defaults to INPUT.MAX_SIZE_TEST rounded up.
+    _C.EXPORT.TENSORRT.MIN_HW = (128, 128)
+    # Builder optimisation level (0-5; higher builds slower, may run faster).
+    _C.EXPORT.TENSORRT.OPTIMIZATION_LEVEL = 3
+    # Timing cache file reused across builds ("" = <output dir>/timing.cache).
+    _C.EXPORT.TENSORRT.TIMING_CACHE = ""

@@ -1,0 +1,245 @@
+"""One predictor API for every deployment backend: ``.pth`` (PyTorch), ``.onnx``, ``.plan``/``.engine``.
+
+``predictor = load_predictor(path, ...)``; ``predictor(images) -> list[Instances]`` with
+``pred_boxes`` (XYXY, original image coordinates), ``scores`` and ``pred_classes`` (int64).
+Every backend receives the same input: images prepared by the data layer's inference
+preprocessing (resize), padded bottom/right to the backbone's size divisibility.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..structures import Boxes, Instances
+from ._deps import require
+from .calibration import pad_batch
+
+__all__ = ["Predictor", "load_predictor", "load_model", "PredictorError", "OnnxRuntimeBackend", "TorchBackend"]
+
+logger = logging.getLogger(__name__)
+
+Detections = Tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [D, 4], scores [D], classes [D]
+
+
+class PredictorError(ValueError):
+    """The model file cannot be used (missing, unknown type, weights that do not fit the config)."""
+
+
+class TorchBackend:
+    """Runs the PyTorch model (``eval``) on already-resized uint8 images."""
+
+    name, precision = "pytorch", "fp32"
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model.eval()
+
+    @torch.inference_mode()
+    def run(self, tensors: List[torch.Tensor]) -> List[Detections]:
+        inputs = [{"image": t, "height": int(t.shape[1]), "width": int(t.shape[2])} for t in tensors]
+        out = []
+        for r in self.model(inputs):
+            inst = r["instances"].to("cpu")
+            out.append((inst.pred_boxes.tensor.numpy(), inst.scores.numpy(), inst.pred_classes.numpy()))
+        return out
+
+
+def unpack_e2e(num_dets: np.ndarray, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> List[Detections]:
+    """Fixed-size e2e outputs ``[N]``, ``[N, D, 4]``, ``[N, D]``, ``[N, D]`` -> per-image arrays."""
+    return [
+        (boxes[i, :n].astype(np.float32), scores[i, :n].astype(np.float32), classes[i, :n].astype(np.int64))
+        for i, n in enumerate(np.asarray(num_dets).reshape(-1).astype(int).tolist())
+    ]
+
+
+class OnnxRuntimeBackend:
+    """Runs an end-to-end retinakit ONNX model in onnxruntime (CPU, or CUDA when asked and available)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str, divisibility: int, device: str = "cpu", threads: int = 0, precision: str = "fp32") -> None:
+        ort = require("onnxruntime", "running ONNX models")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise PredictorError("device 'cuda' asked for, but this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu).")
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(path, opts, providers=providers)
+        self.divisibility = divisibility
+        self.precision = precision
+
+    def run(self, tensors: List[torch.Tensor]) -> List[Detections]:
+        images, sizes = pad_batch(tensors, self.divisibility)
+        outs = self.session.run(["num_dets", "boxes", "scores", "classes"], {"images": images, "image_sizes": sizes})
+        return unpack_e2e(*outs)
+
+
+class Predictor:
+    """Preprocess -> backend -> detections in original image coordinates.
+
+    ``predictor(images, input_format="RGB")`` takes one image or a list: file paths, PIL
+    images, ``HWC uint8`` arrays or ``CHW uint8`` tensors. Returns one ``Instances`` per image.
+    """
+
+    def __init__(self, backend: Any, preprocess: Any, metadata: Optional[Dict[str, Any]] = None) -> None:
+        self.backend = backend
+        self.preprocess = preprocess
+        self.metadata = dict(metadata or {})
+
+    @property
+    def class_names(self) -> Optional[List[str]]:
+        return self.metadata.get("class_names")
+
+    def __call__(self, images: Any, input_format: str = "RGB") -> List[Instances]:
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        if not images:
+            return []
+        prepared = [self.preprocess(im, input_format) for im in images]
+        dets = self.backend.run([t for t, _ in prepared])
+        results = []
+        for (t, (oh, ow)), (boxes, scores, classes) in zip(prepared, dets):
+            b = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4).clone()
+            h, w = int(t.shape[1]), int(t.shape[2])
+            if (h, w) != (oh, ow):
+                b[:, 0::2] *= ow / w
+                b[:, 1::2] *= oh / h
+            results.append(Instances(
+                (oh, ow), pred_boxes=Boxes(b), scores=torch.as_tensor(np.asarray(scores, dtype=np.float32)).reshape(-1),
+                pred_classes=torch.as_tensor(np.asarray(classes)).reshape(-1).to(torch.int64),
+            ))
+        return results
+
+
+def _preprocess_from_meta(meta: Dict[str, Any]) -> Any:
+    from ..data.transforms import InferencePreprocessor
+
+    # Models that resize inside PyTorch (INPUT.RESIZE_IN_MODEL) are exported without the
+    # resize: deployed runtimes resize in the preprocessing instead.
+    return InferencePreprocessor(
+        min_size=int(meta.get("min_size", 0)), max_size=int(meta.get("max_size", 0)),
+        format=meta.get("input_format", "RGB"), resize=True,
+    )
+
+
+def load_model(cfg: Any, weights: str, strict: bool = True) -> torch.nn.Module:
+    """Build ``cfg``'s model and load ``weights``; :class:`PredictorError` with a clear message on failure."""
+    from ..checkpoint.checkpointer import load_checkpoint_file
+    from ..checkpoint.model_loading import CheckpointMismatchError, load_model_weights
+    from ..modeling import build_model
+
+    if not os.path.isfile(weights):
+        raise PredictorError(f"Weights file '{weights}' does not exist.")
+    model = build_model(cfg).eval()
+    try:
+        ckpt = load_checkpoint_file(weights)
+    except Exception as e:  # noqa: BLE001 - any unreadable file becomes one message
+        raise PredictorError(f"Cannot read weights '{weights}': {e}") from None
+    try:
+        report = load_model_weights(model, ckpt, weights)
+    except CheckpointMismatchError as e:
+        raise PredictorError(str(e)) from None
+    if strict and (report.skipped_class_specific or report.missing):
+        what = [k for k, *_ in report.skipped_class_specific] + list(report.missing)
+        raise PredictorError(
+            f"The weights in '{weights}' do not cover this model ({len(what)} tensors would keep random values, "
+            f"e.g. {what[:3]}): wrong --config-file for these weights (class count or architecture)?"
+        )
+    return model
+
+
+def model_metadata(cfg: Any, model: torch.nn.Module, class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """What a deployed model needs to be run without its config (stored with ONNX/engines)."""
+    if class_names is None:
+        try:
+            from ..data import MetadataCatalog
+
+            names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
+            class_names = MetadataCatalog.get(names[0]).get("thing_classes") if names else None
+        except Exception:  # noqa: BLE001 - names are a nicety
+            class_names = None
+    return {
+        "input_format": cfg.INPUT.FORMAT,
+        "min_size": int(cfg.INPUT.MIN_SIZE_TEST),
+        "max_size": int(cfg.INPUT.MAX_SIZE_TEST),
+        "resize_in_model": bool(cfg.INPUT.RESIZE_IN_MODEL),
+        "size_divisibility": int(getattr(model.backbone, "size_divisibility", 32) or 32),
+        "num_classes": int(model.num_classes),
+        "max_detections": int(cfg.TEST.DETECTIONS_PER_IMAGE),
+        "class_names": list(class_names) if class_names else None,
+        "config": cfg.dump(),
+    }
+
+
+def _cfg_from(config_file: Optional[str], cfg: Any, opts: Optional[Sequence[str]]) -> Any:
+    from ..config import get_cfg
+
+    if cfg is not None:
+        return cfg
+    if not config_file:
+        raise PredictorError("A .pth checkpoint needs its config: pass config_file (--config-file).")
+    if not os.path.isfile(config_file):
+        raise PredictorError(f"Config file '{config_file}' does not exist.")
+    c = get_cfg()
+    c.merge_from_file(config_file)
+    if opts:
+        c.merge_from_list(list(opts))
+    return c
+
+
+def load_predictor(
+    path: str,
+    *,
+    config_file: Optional[str] = None,
+    cfg: Any = None,
+    opts: Optional[Sequence[str]] = None,
+    device: str = "cpu",
+    threads: int = 0,
+) -> Predictor:
+    """A :class:`Predictor` for ``path``, chosen by its extension.
+
+    * ``.pth`` / ``.pt`` / ``.safetensors``: PyTorch; needs ``config_file`` (or ``cfg``).
+    * ``.onnx``: an end-to-end ONNX made by :func:`export_onnx` (metadata inside); onnxruntime
+      on ``device`` ("cpu" or "cuda").
+    * ``.plan`` / ``.engine``: a TensorRT engine from :func:`retinakit.export.tensorrt.build_engine`
+      (metadata in ``<path>.json``); needs ``pip install retinakit[tensorrt]`` and a GPU.
+    """
+    if not os.path.isfile(path):
+        raise PredictorError(f"Model file '{path}' does not exist.")
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".pth", ".pt", ".pkl", ".safetensors"):
+        c = _cfg_from(config_file, cfg, opts).clone()
+        c.MODEL.DEVICE = device
+        model = load_model(c, path).to(device)
+        meta = model_metadata(c, model)
+        from ..data import build_inference_preprocess
+
+        return Predictor(TorchBackend(model), build_inference_preprocess(c), meta)
+    if ext == ".onnx":
+        from .onnx import read_metadata
+
+        meta = read_metadata(path)
+        if not meta:
+            raise PredictorError(f"'{path}' has no retinakit metadata: export it with retinakit.export.export_onnx.")
+        if meta.get("mode") != "e2e":
+            raise PredictorError(f"'{path}' is a heads-only export: the predictor needs an end-to-end export (mode='e2e').")
+        backend = OnnxRuntimeBackend(path, meta["size_divisibility"], device, threads, meta.get("precision", "fp32"))
+        return Predictor(backend, _preprocess_from_meta(meta), meta)
+    if ext in (".plan", ".engine"):
+        from .tensorrt import TensorRTBackend, read_engine_metadata
+
+        meta = read_engine_metadata(path)
+        return Predictor(TensorRTBackend(path, meta["size_divisibility"], meta.get("precision", "")), _preprocess_from_meta(meta), meta)
+    raise PredictorError(f"Unknown model type '{ext}' for '{path}': expected .pth, .onnx, .plan or .engine.")
+
+
+def save_json(path: str, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)

@@ -1,0 +1,210 @@
+#!/usr/bin/env python
+"""Export a trained retinakit model for deployment, and check it.
+
+    python tools/deploy.py --config-file CFG --weights model.pth --output DIR
+        [--fp16] [--int8 (--calibration-images DIR | --calibration-cache FILE)
+                         [--calibration-cache FILE] [--calibration-method entropy|max|percentile]
+                         [--num-calibration-images N]]
+        [--tensorrt] [--mode e2e|heads]
+        [--verify --val-images DIR --val-annotations JSON [--max-ap-drop 0.01]] [KEY VALUE ...]
+
+Writes DIR/model.onnx (FP32), DIR/model_fp16.onnx, DIR/model_int8.onnx (+ the calibration
+cache, DIR/calibration.cache unless --calibration-cache names another file) and, with
+--tensorrt, one TensorRT engine (.plan) per ONNX model. --verify evaluates every artefact
+(onnxruntime here; TensorRT engines too when TensorRT and a GPU are present) against the
+PyTorch model on the validation set and prints backend, precision, latency, AP, ΔAP and
+the largest box difference; it also writes DIR/verify.json. An INT8 model whose AP is more
+than --max-ap-drop (relative, default EXPORT.INT8.MAX_RELATIVE_AP_DROP = 1%) below the
+PyTorch AP fails the run (exit code 1). Bad inputs exit with code 2 and one message.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+logger = logging.getLogger("retinakit.deploy")
+
+EXIT_FAILED_CHECK = 1
+EXIT_USER_ERROR = 2
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True, help="config the weights were trained with")
+    p.add_argument("--weights", required=True, help="checkpoint (.pth / .safetensors)")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--mode", choices=("e2e", "heads"), default=None, help="ONNX graph kind (default EXPORT.MODE)")
+    p.add_argument("--fp16", action="store_true", help="also write a typed FP16 ONNX model")
+    p.add_argument("--int8", action="store_true", help="also write an INT8 Q/DQ ONNX model")
+    p.add_argument("--calibration-images", default="", help="folder of calibration images (INT8)")
+    p.add_argument("--calibration-cache", default="", help="calibration cache: written after calibration, or reused without images")
+    p.add_argument("--calibration-method", choices=("entropy", "max", "percentile"), default=None)
+    p.add_argument("--num-calibration-images", type=int, default=None, help="default EXPORT.INT8.NUM_IMAGES")
+    p.add_argument("--tensorrt", action="store_true", help="build TensorRT engines (pip install retinakit[tensorrt])")
+    p.add_argument("--verify", action="store_true", help="evaluate every artefact against PyTorch")
+    p.add_argument("--val-images", default="", help="validation image folder (--verify)")
+    p.add_argument("--val-annotations", default="", help="validation COCO JSON (--verify)")
+    p.add_argument("--max-val-images", type=int, default=0, help="evaluate only the first N images (0 = all)")
+    p.add_argument("--max-ap-drop", type=float, default=None, help="relative INT8 AP tolerance (default EXPORT.INT8.MAX_RELATIVE_AP_DROP)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return p.parse_args(argv)
+
+
+class UserError(Exception):
+    """Bad arguments or inputs: printed as one message, exit code 2."""
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not os.path.isfile(args.config_file):
+        raise UserError(f"Config file '{args.config_file}' does not exist.")
+    if not os.path.isfile(args.weights):
+        raise UserError(f"Weights file '{args.weights}' does not exist.")
+    if args.int8 and not args.calibration_images and not (args.calibration_cache and os.path.isfile(args.calibration_cache)):
+        raise UserError("--int8 needs --calibration-images DIR, or an existing --calibration-cache FILE to reuse.")
+    if args.calibration_images and not os.path.isdir(args.calibration_images):
+        raise UserError(f"Calibration folder '{args.calibration_images}' does not exist.")
+    if args.verify and not (args.val_images and args.val_annotations):
+        raise UserError("--verify needs --val-images DIR and --val-annotations JSON.")
+
+
+def _setup_cfg(args: argparse.Namespace) -> Any:
+    from retinakit.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(args.config_file)
+    if args.opts:
+        cfg.merge_from_list(args.opts)
+    cfg.MODEL.DEVICE = "cpu"
+    if args.mode:
+        cfg.EXPORT.MODE = args.mode
+    return cfg
+
+
+def export_all(args: argparse.Namespace, cfg: Any, model: Any) -> List[tuple]:
+    """Write the ONNX artefacts; returns ``[(precision, path)]``."""
+    from retinakit.export import calibration_arrays, convert_fp16, export_onnx, model_metadata, quantize_int8
+
+    os.makedirs(args.output, exist_ok=True)
+    meta = model_metadata(cfg, model)
+    fp32 = os.path.join(args.output, "model.onnx")
+    logger.info(f"Exporting {cfg.EXPORT.MODE} ONNX to {fp32}")
+    h, w = cfg.EXPORT.EXAMPLE_SIZE
+    export_onnx(model, fp32, mode=cfg.EXPORT.MODE, opset=cfg.EXPORT.OPSET, example_size=(2, int(h), int(w)),
+                metadata={**meta, "precision": "fp32"}, legacy=cfg.EXPORT.LEGACY_EXPORTER)
+    out = [("fp32", fp32)]
+    if args.fp16:
+        path = os.path.join(args.output, "model_fp16.onnx")
+        logger.info(f"Converting to typed FP16: {path}")
+        out.append(("fp16", convert_fp16(fp32, path)))
+    if args.int8:
+        path = os.path.join(args.output, "model_int8.onnx")
+        method = args.calibration_method or cfg.EXPORT.INT8.CALIBRATION_METHOD
+        cache = args.calibration_cache or os.path.join(args.output, "calibration.cache")
+        data = None
+        if args.calibration_images:
+            n = cfg.EXPORT.INT8.NUM_IMAGES if args.num_calibration_images is None else args.num_calibration_images
+            data = calibration_arrays(cfg, args.calibration_images, n, meta["size_divisibility"])
+            logger.info(f"INT8 calibration ({method}) on {len(data['images'])} images")
+        else:
+            logger.info(f"INT8 from calibration cache {cache} (no images)")
+        quantize_int8(fp32, path, calibration_data=data, method=method, percentile=cfg.EXPORT.INT8.PERCENTILE, cache_path=cache)
+        out.append(("int8", path))
+    return out
+
+
+def build_engines(args: argparse.Namespace, cfg: Any, onnx_files: List[tuple], divisibility: int) -> List[tuple]:
+    from retinakit.export.tensorrt import ShapeProfile, build_engine
+
+    t = cfg.EXPORT.TENSORRT
+    top = -(-int(cfg.INPUT.MAX_SIZE_TEST or 1344) // divisibility) * divisibility
+    opt_short = -(-int(cfg.INPUT.MIN_SIZE_TEST or top) // divisibility) * divisibility
+    profile = ShapeProfile(int(t.BATCH[0]), int(t.BATCH[1]), int(t.BATCH[2]), tuple(t.MIN_HW), (opt_short, top), (top, top))
+    cache = t.TIMING_CACHE or os.path.join(args.output, "timing.cache")
+    engines = []
+    for precision, path in onnx_files:
+        plan = os.path.splitext(path)[0] + ".plan"
+        logger.info(f"Building TensorRT engine {plan}")
+        engines.append((precision, build_engine(path, plan, profile=profile, workspace_mib=t.WORKSPACE_MIB,
+                                                timing_cache=cache, optimization_level=t.OPTIMIZATION_LEVEL)))
+    return engines
+
+
+def verify(args: argparse.Namespace, cfg: Any, model: Any, artefacts: List[tuple]) -> int:
+    from retinakit.data import build_inference_preprocess
+    from retinakit.export import Predictor, load_predictor
+    from retinakit.export.predictor import TorchBackend
+    from retinakit.export.verify import evaluate, format_table, load_valset, max_box_diff
+
+    val = load_valset(args.val_images, args.val_annotations, args.max_val_images)
+    logger.info(f"Verifying on {len(val.files)} images of {args.val_annotations}")
+    ref = evaluate(Predictor(TorchBackend(model), build_inference_preprocess(cfg)), val)
+    results = [ref]
+    for precision, path in artefacts:
+        r = evaluate(load_predictor(path), val)
+        r.precision = precision
+        r.delta_ap = r.ap - ref.ap
+        r.max_box_diff = max_box_diff(ref.detections, r.detections)
+        results.append(r)
+    tol = cfg.EXPORT.INT8.MAX_RELATIVE_AP_DROP if args.max_ap_drop is None else args.max_ap_drop
+    failed = False
+    for r in results[1:]:
+        if r.precision == "int8" and r.ap < ref.ap * (1.0 - tol):
+            r.status = f"FAILED (AP drop > {tol:.1%} relative)"
+            failed = True
+    print(format_table(results))
+    rows = [{k: v for k, v in vars(r).items() if k != "detections"} for r in results]
+    with open(os.path.join(args.output, "verify.json"), "w") as f:
+        json.dump({"max_relative_ap_drop": tol, "results": rows}, f, indent=2)
+    return EXIT_FAILED_CHECK if failed else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from retinakit.export import load_model
+
+    _check_args(args)
+    cfg = _setup_cfg(args)
+    model = load_model(cfg, args.weights)
+    onnx_files = export_all(args, cfg, model)
+    artefacts = list(onnx_files)
+    div = int(getattr(model.backbone, "size_divisibility", 32) or 32)
+    if args.tensorrt:
+        engines = build_engines(args, cfg, onnx_files, div)
+        artefacts += engines
+    for precision, path in artefacts:
+        print(f"wrote {path} ({precision})")
+    if args.verify:
+        if cfg.EXPORT.MODE != "e2e":
+            raise UserError("--verify needs the end-to-end export (--mode e2e).")
+        return verify(args, cfg, model, artefacts)
+    return 0
+
+
+def user_error_types() -> tuple:
+    from retinakit.config import ConfigError
+    from retinakit.data.errors import DatasetError
+    from retinakit.export import CacheError, CalibrationError, MissingDependencyError, PredictorError
+
+    return (UserError, ConfigError, DatasetError, CacheError, CalibrationError, MissingDependencyError, PredictorError)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s %(levelname)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except user_error_types() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyError as e:  # unknown config keys / registry names
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
