@@ -37,8 +37,9 @@ def add_data_config(_C: CN) -> None:
     _C.INPUT.PHOTOMETRIC.HUE = 0.02
 
     _C.DATASETS = CN()
-    # Names of datasets registered in DatasetCatalog.
+    # Names of datasets registered in DatasetCatalog, used for training (concatenated).
     _C.DATASETS.TRAIN = ()
+    # Names of registered datasets to evaluate on (each evaluated separately).
     _C.DATASETS.TEST = ()
     # A COCO JSON + image folder given directly in the config (no Python needed). When set,
     # the dataset is registered as "cfg_train" and used for training in addition to DATASETS.TRAIN.
