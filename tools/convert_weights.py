@@ -1,32 +1,129 @@
 #!/usr/bin/env python
-"""Convert another project's checkpoint into a retinakit checkpoint.
+"""Convert another project's checkpoint into a retinakit checkpoint and matching config.
 
     python tools/convert_weights.py --source torchvision IN.pth OUT.pth
+    python tools/convert_weights.py --source detectron2 model_final_5bd44e.pkl OUT.pth
+    python tools/convert_weights.py --source odtk retinanet_rn50fpn.pth OUT.pth
 
-The output is ``{"model": state_dict, "__retinakit__": {source, version, config, ...}}``
-and loads with ``weights_only=True``. ``config`` names the retinakit config that
-matches the converted architecture (use it with ``MODEL.WEIGHTS OUT.pth``).
+Writes ``OUT.pth`` = ``{"model": state_dict, "__retinakit__": {source, config, ...}}``
+(loads with ``weights_only=True``) and ``OUT.yaml``, a config that inherits from the
+retinakit config matching the architecture (``__retinakit__["config"]``, e.g.
+``configs/converted/odtk_retinanet_R_50_FPN.yaml``) and sets what this checkpoint needs
+(class count, anchors, ...) and ``MODEL.WEIGHTS: OUT.pth``. Use it as is::
+
+    python tools/train_net.py --config-file OUT.yaml --eval-only
+
+detectron2 ``.pkl`` files (model zoo) are read with a restricted unpickler that accepts only
+numpy arrays and plain containers; everything else is read with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-def _load(path: str) -> dict:
+# The only globals a detectron2 model-zoo pickle needs: numpy arrays, scalars, dtypes,
+# OrderedDict and the bytes helper of protocol-2 pickles. Anything else is refused.
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _SAFE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: a detectron2 weights pickle holds only numpy arrays"
+            )
+        if module.startswith("numpy.core."):  # numpy >= 2 renamed numpy.core to numpy._core
+            try:
+                import numpy._core  # noqa: F401
+
+                module = "numpy._core." + module[len("numpy.core."):]
+            except ImportError:
+                pass
+        return super().find_class(module, name)
+
+
+def load_pickle(path: str) -> Any:
+    """Read a detectron2 ``.pkl`` (numpy arrays only) with the restricted unpickler."""
+    with open(path, "rb") as f:
+        return _NumpyOnlyUnpickler(f, encoding="latin1").load()
+
+
+def _tensors(obj: Any) -> Any:
+    """numpy arrays -> tensors, recursively in dicts (model-zoo pickles hold numpy arrays)."""
+    if isinstance(obj, Mapping):
+        return {k: _tensors(v) for k, v in obj.items()}
+    if type(obj).__module__ == "numpy" and hasattr(obj, "shape") and hasattr(obj, "dtype"):
+        return torch.as_tensor(obj)
+    return obj
+
+
+def _load(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise SystemExit(f"error: input checkpoint not found: {path}")
-    if path.endswith(".pkl"):
-        import pickle
+    try:
+        if path.endswith(".pkl"):
+            data = _tensors(load_pickle(path))
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise SystemExit(
+            f"error: cannot read {path}: {e}\nretinakit only reads tensors and plain containers. If the file "
+            "stores other Python objects (an optimizer or scheduler of another library), save just the model "
+            "weights in a trusted environment, e.g. torch.save(ckpt['model'], 'weights.pth'), and convert that."
+        ) from None
+    if not isinstance(data, Mapping):
+        raise SystemExit(f"error: {path} holds a {type(data).__name__}, not a checkpoint dictionary")
+    return dict(data)
 
-        with open(path, "rb") as f:  # detectron2 model-zoo pickles hold only numpy arrays
-            data = pickle.load(f, encoding="latin1")
-    else:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    return data
+
+def _nested(flat: list[Any]) -> dict[str, Any]:
+    """``["A.B.C", value, ...]`` -> ``{"A": {"B": {"C": value}}}``."""
+    out: dict[str, Any] = {}
+    for key, value in zip(flat[::2], flat[1::2]):
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def write_config(info: dict[str, Any], weights: str, path: str) -> str:
+    """Write the config matching the converted ``weights`` to ``path``; returns ``path``."""
+    import yaml
+
+    base = info["config"] if os.path.isabs(info["config"]) else os.path.join(REPO_ROOT, info["config"])
+    overrides = list(info.get("config_overrides", []))
+    if "MODEL.RETINANET.NUM_CLASSES" not in overrides[::2] and "num_classes" in info:
+        overrides += ["MODEL.RETINANET.NUM_CLASSES", info["num_classes"]]
+    body = _nested(overrides + ["MODEL.WEIGHTS", os.path.abspath(weights)])
+    header = [
+        f"# Matching config for {os.path.basename(weights)}, converted from {info['source']} weights by",
+        "# tools/convert_weights.py. Inherits the architecture from _BASE_ and sets what this checkpoint needs.",
+    ]
+    for note in info.get("notes", []):
+        header.append(f"# NOTE: {note}")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(header) + "\n")
+        yaml.safe_dump({"_BASE_": base, **body}, f, sort_keys=False, default_flow_style=None)
+    return path
 
 
 def main(argv=None) -> int:
@@ -35,6 +132,9 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True, choices=sorted(CONVERTERS), help="project the checkpoint comes from")
+    parser.add_argument("--num-aspect-ratios", type=int, default=3,
+                        help="detectron2: aspect ratios per location the model was trained with (default 3)")
+    parser.add_argument("--no-config", action="store_true", help="do not write the matching OUT.yaml")
     parser.add_argument("input")
     parser.add_argument("output")
     args = parser.parse_args(argv)
@@ -43,14 +143,21 @@ def main(argv=None) -> int:
     if not sd:
         raise SystemExit(f"error: {args.input} contains no tensors (is it a model checkpoint?)")
     try:
-        out, info = convert(args.source, sd)
+        out, info = convert(args.source, sd, checkpoint=data, num_aspect_ratios=args.num_aspect_ratios)
     except (KeyError, ValueError) as e:
-        raise SystemExit(f"error: cannot convert {args.input} as a {args.source} checkpoint: {e}")
+        raise SystemExit(f"error: cannot convert {args.input} as a {args.source} checkpoint: {e}") from None
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    if "config" in info and not args.no_config:
+        info["config_file"] = write_config(info, args.output, os.path.splitext(args.output)[0] + ".yaml")
     tmp = args.output + ".tmp"
     torch.save({"model": out, "__retinakit__": info}, tmp)
     os.replace(tmp, args.output)
-    print(f"wrote {args.output}: {len(out)} tensors; " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    shown = {k: v for k, v in info.items() if k not in ("config_overrides", "notes")}
+    print(f"wrote {args.output}: {len(out)} tensors; " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    for note in info.get("notes", []):
+        print(f"note: {note}")
+    if "config_file" in info:
+        print(f"use it with: --config-file {info['config_file']}")
     return 0
 
 

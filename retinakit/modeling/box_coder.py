@@ -84,3 +84,66 @@ BOX_CODER_REGISTRY.register(DeltaXYWHBoxCoder)
 def build_box_coder(cfg):
     """Build ``cfg.MODEL.RETINANET.BOX_CODER_NAME``."""
     return BOX_CODER_REGISTRY.get(cfg.MODEL.RETINANET.BOX_CODER_NAME)(cfg)
+
+
+class LegacyDeltaXYWHBoxCoder:
+    """(dx, dy, dw, dh) deltas with anchors in the legacy "+1" pixel convention.
+
+    Detectron (v1) and NVIDIA's retinanet-examples (ODTK) treat an anchor ``[x1, y1, x2, y2]``
+    as a set of pixels, so its width is ``x2 - x1 + 1`` and its centre ``x1 + 0.5 * width``;
+    their decoded boxes are inclusive too (``x2 = ctr + 0.5 * w - 1``). retinakit boxes are
+    continuous (COCO ``[x, y, w, h]`` -> ``x2 = x + w``), so this coder returns the continuous
+    box of the decoded pixels: ``x2 = ctr + 0.5 * w``, which is exactly what those projects
+    write to a COCO results file (``w = x2 - x1 + 1``). Ground-truth boxes passed to
+    :meth:`encode` are continuous, as everywhere in retinakit.
+
+    It has no fused decode (the post-processor decodes its candidates with :meth:`decode`).
+    ``weights`` and ``scale_clamp`` mean the same as in :class:`DeltaXYWHBoxCoder`; ODTK uses
+    unit weights and no clamp (use a large ``MODEL.RETINANET.BBOX_REG_SCALE_CLAMP``).
+    """
+
+    @configurable
+    def __init__(self, *, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), scale_clamp: float = math.log(1000.0 / 16)) -> None:
+        if len(weights) != 4:
+            raise ValueError(f"MODEL.RETINANET.BBOX_REG_WEIGHTS needs 4 values, got {list(weights)}.")
+        self.weights: Tuple[float, float, float, float] = tuple(float(w) for w in weights)  # type: ignore[assignment]
+        self.scale_clamp = float(scale_clamp)
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        return dict(weights=cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS, scale_clamp=cfg.MODEL.RETINANET.BBOX_REG_SCALE_CLAMP)
+
+    @staticmethod
+    def _anchor_centers(anchors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        w = anchors[:, 2] - anchors[:, 0] + 1.0
+        h = anchors[:, 3] - anchors[:, 1] + 1.0
+        return anchors[:, 0] + 0.5 * w, anchors[:, 1] + 0.5 * h, w, h
+
+    def encode(self, anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """``anchors [N, 4]`` (pixel-inclusive XYXY), ``boxes [N, 4]`` (continuous XYXY) -> ``deltas [N, 4]``."""
+        anchors, boxes = anchors.float(), boxes.float()
+        ax, ay, aw, ah = self._anchor_centers(anchors)
+        bw = boxes[:, 2] - boxes[:, 0]
+        bh = boxes[:, 3] - boxes[:, 1]
+        bx, by = boxes[:, 0] + 0.5 * bw, boxes[:, 1] + 0.5 * bh
+        wx, wy, ww, wh = self.weights
+        return torch.stack(
+            [wx * (bx - ax) / aw, wy * (by - ay) / ah, ww * torch.log(bw / aw), wh * torch.log(bh / ah)], dim=1
+        )
+
+    def decode(self, deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """``deltas [N, 4]``, ``anchors [N, 4]`` -> continuous boxes ``[N, 4]`` (XYXY, float32)."""
+        deltas, anchors = deltas.float(), anchors.float()
+        ax, ay, aw, ah = self._anchor_centers(anchors)
+        wx, wy, ww, wh = self.weights
+        cx = deltas[:, 0] / wx * aw + ax
+        cy = deltas[:, 1] / wy * ah + ay
+        half_w = 0.5 * torch.exp(torch.clamp(deltas[:, 2] / ww, max=self.scale_clamp)) * aw
+        half_h = 0.5 * torch.exp(torch.clamp(deltas[:, 3] / wh, max=self.scale_clamp)) * ah
+        return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=1)
+
+    def __repr__(self) -> str:
+        return f"LegacyDeltaXYWHBoxCoder(weights={self.weights}, scale_clamp={self.scale_clamp:.4f})"
+
+
+BOX_CODER_REGISTRY.register(LegacyDeltaXYWHBoxCoder)

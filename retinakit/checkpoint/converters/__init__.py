@@ -1,22 +1,43 @@
 """Weight converters from other projects' checkpoints to retinakit state dicts.
 
-Each converter module registers a function ``convert(state_dict) -> (state_dict, info)``
+Each converter module registers a function ``convert(state_dict, ...) -> (state_dict, info)``
 in ``CONVERTERS`` and a detector ``matches(state_dict) -> bool`` used to recognise the
-source automatically when such a file is given as ``MODEL.WEIGHTS``.
+source automatically when such a file is given as ``MODEL.WEIGHTS``. A converter may take
+keyword arguments: ``checkpoint`` (the whole loaded file, for metadata stored beside the
+state dict, e.g. ODTK's anchor ratios/scales) and source-specific options; :func:`convert`
+passes only those it accepts.
+
+Built in: ``torchvision`` (RetinaNet v1/v2, ImageNet ResNets), ``detectron2`` (RetinaNet
+``.pkl``/``.pth``) and ``odtk`` (NVIDIA retinanet-examples). ``info["config"]`` names the
+retinakit config the converted weights need and ``info["config_overrides"]`` (when present)
+the ``KEY, VALUE`` pairs that complete it for this checkpoint.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
+from . import detectron2 as _detectron2
+from . import odtk as _odtk
 from . import torchvision as _torchvision
 
-StateDict = Dict[str, torch.Tensor]
-Converter = Callable[[StateDict], Tuple[StateDict, dict]]
+StateDict = dict[str, torch.Tensor]
+Converter = Callable[..., tuple[StateDict, dict]]
 
-CONVERTERS: Dict[str, Converter] = {"torchvision": _torchvision.convert}
-DETECTORS: Dict[str, Callable[[StateDict], bool]] = {"torchvision": _torchvision.matches}
+CONVERTERS: dict[str, Converter] = {
+    "torchvision": _torchvision.convert,
+    "detectron2": _detectron2.convert,
+    "odtk": _odtk.convert,
+}
+# Checked in this order by detect_source (ODTK and detectron2 keys never look like torchvision's).
+DETECTORS: dict[str, Callable[[StateDict], bool]] = {
+    "torchvision": _torchvision.matches,
+    "detectron2": _detectron2.matches,
+    "odtk": _odtk.matches,
+}
 
 
 def register_converter(name: str, convert: Converter, matches: Callable[[StateDict], bool]) -> None:
@@ -25,7 +46,7 @@ def register_converter(name: str, convert: Converter, matches: Callable[[StateDi
     DETECTORS[name] = matches
 
 
-def detect_source(state_dict: StateDict) -> Optional[str]:
+def detect_source(state_dict: StateDict) -> str | None:
     """Name of the converter whose key pattern ``state_dict`` follows, or None."""
     for name, matches in DETECTORS.items():
         if matches(state_dict):
@@ -33,11 +54,26 @@ def detect_source(state_dict: StateDict) -> Optional[str]:
     return None
 
 
-def convert(source: str, state_dict: StateDict) -> Tuple[StateDict, dict]:
-    """Convert with the converter registered as ``source``."""
+def _accepted(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(kwargs)
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def convert(source: str, state_dict: StateDict, checkpoint: Mapping[str, Any] | None = None, **options: Any) -> tuple[StateDict, dict]:
+    """Convert with the converter registered as ``source``.
+
+    ``checkpoint`` (the whole loaded file) and ``options`` reach the converter only if its
+    signature has them; options it does not take are ignored.
+    """
     if source not in CONVERTERS:
         raise KeyError(f"Unknown weight source '{source}'; available: {', '.join(sorted(CONVERTERS))}.")
-    return CONVERTERS[source](state_dict)
+    fn = CONVERTERS[source]
+    kwargs: dict[str, Any] = dict(options)
+    if checkpoint is not None:
+        kwargs["checkpoint"] = checkpoint
+    return fn(state_dict, **_accepted(fn, kwargs))
 
 
-__all__ = ["CONVERTERS", "convert", "detect_source", "register_converter"]
+__all__ = ["CONVERTERS", "DETECTORS", "convert", "detect_source", "register_converter"]
