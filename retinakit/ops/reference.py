@@ -9,8 +9,9 @@ Conventions shared by all NMS ops:
 * Boxes are XYXY. IoU follows torchvision's kernels exactly:
   ``area = (x1 - x0) * (y1 - y0)`` (negative for inverted boxes, not clamped),
   ``inter = max(0, min(x1) - max(x0)) * max(0, min(y1) - max(y0))``,
-  ``iou = inter / ((area_a + area_b) - inter)``; a box is suppressed when ``iou > threshold``
-  (so a NaN IoU, e.g. two identical zero-area boxes, never suppresses).
+  ``iou = inter / ((area_a + area_b) - inter)`` in the boxes' dtype; a box is suppressed when
+  ``iou > threshold`` compared in float64 as torchvision's CPU kernel does (so a NaN IoU, e.g.
+  two identical zero-area boxes, never suppresses).
 * Order is decreasing score, ties broken by the lower index.
 * Boxes whose score is NaN or +/-Inf are never kept.
 * float16/bfloat16 boxes and scores are computed in float32; float64 stays float64.
@@ -82,7 +83,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     if order.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     iou = box_iou_matrix(boxes[order])
-    keep = _greedy(iou > iou_threshold)
+    keep = _greedy(iou.double() > iou_threshold)
     return order[torch.as_tensor(keep, dtype=torch.int64, device=boxes.device)]
 
 
@@ -127,7 +128,7 @@ def soft_nms(
     dt = _compute_dtype(boxes)
     boxes, cur = boxes.to(dt), scores.to(dt).clone()
     n = boxes.shape[0]
-    alive = torch.isfinite(cur) & (cur >= score_threshold)
+    alive = torch.isfinite(cur) & (cur.double() >= score_threshold)
     iou = box_iou_matrix(boxes) if n else boxes.new_zeros(0, 0)
     same = idxs[:, None] == idxs[None, :]
     keep, new_scores = [], []
@@ -140,12 +141,12 @@ def soft_nms(
         r = iou[i]
         hit = alive & same[i] & (r > 0)
         if method == "linear":
-            hit = hit & (r > iou_threshold)
+            hit = hit & (r.double() > iou_threshold)
             decay = 1 - r
         else:
             decay = torch.exp(-(r * r) / sigma)
         cur = torch.where(hit, cur * decay, cur)
-        alive = alive & (cur >= score_threshold)
+        alive = alive & (cur.double() >= score_threshold)
     k = torch.as_tensor(keep, dtype=torch.int64, device=boxes.device)
     s = torch.stack(new_scores) if new_scores else cur.new_zeros(0)
     return k, s.to(torch.float32) if dt != torch.float64 else s
