@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -86,3 +88,22 @@ def test_inference_preprocessor_equals_test_mapper(tmp_path):
     cfg.INPUT.RESIZE_IN_MODEL = True
     t, _ = build_inference_preprocess(cfg)(arr)
     assert torch.equal(t, torch.from_numpy(arr[:, :, ::-1].copy()).permute(2, 0, 1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    h=st.integers(4, 60), w=st.integers(4, 60), short=st.integers(0, 90), cap=st.integers(0, 120),
+    hflip=st.booleans(), vflip=st.booleans(), seed=st.integers(0, 2**16),
+)
+def test_boxes_follow_pixels_like_torchvision(h, w, short, cap, hflip, vflip, seed):
+    """Random sizes/boxes: our geometry == torchvision v2 Resize + flips on BoundingBoxes."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(5, 2, generator=g) * torch.tensor([w - 1.0, h - 1.0])
+    wh = 1 + torch.rand(5, 2, generator=g) * torch.tensor([w / 2, h / 2])
+    boxes = torch.cat([xy, (xy + wh).minimum(torch.tensor([float(w), float(h)]))], 1)
+    out_size = resized_shape(h, w, short, cap)
+    p = TransformParams(out_size, hflip=hflip, vflip=vflip)
+    t = DetectionTransform([max(short, 1)], cap)
+    ops = [v2.Resize(list(out_size), antialias=True)] + ([v2.RandomHorizontalFlip(1.0)] if hflip else []) + ([v2.RandomVerticalFlip(1.0)] if vflip else [])
+    ref = v2.Compose(ops)(tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)))
+    torch.testing.assert_close(t.apply_boxes(boxes, (h, w), p), ref.as_subclass(torch.Tensor), rtol=1e-5, atol=1e-4)
