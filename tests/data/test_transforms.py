@@ -107,3 +107,18 @@ def test_boxes_follow_pixels_like_torchvision(h, w, short, cap, hflip, vflip, se
     ops = [v2.Resize(list(out_size), antialias=True)] + ([v2.RandomHorizontalFlip(1.0)] if hflip else []) + ([v2.RandomVerticalFlip(1.0)] if vflip else [])
     ref = v2.Compose(ops)(tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)))
     torch.testing.assert_close(t.apply_boxes(boxes, (h, w), p), ref.as_subclass(torch.Tensor), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("out_size,hflip,vflip", [((60, 80), True, False), ((15, 20), False, True), ((45, 60), True, True), ((30, 40), False, False)])
+def test_box_frames_the_same_pixels(out_size, hflip, vflip):
+    """A filled rectangle and its box go through image and box transforms; the bright
+    region of the output image is where the output box says (within one pixel)."""
+    img = torch.zeros(3, 30, 40, dtype=torch.uint8)
+    img[:, 6:18, 4:14] = 255  # box [4, 6, 14, 18]
+    t = DetectionTransform([30], 1000)
+    p = TransformParams(out_size, hflip=hflip, vflip=vflip)
+    out = t.apply_image(img, p)[0] > 127
+    box = t.apply_boxes(torch.tensor([[4.0, 6.0, 14.0, 18.0]]), (30, 40), p)[0]
+    ys, xs = torch.nonzero(out, as_tuple=True)
+    found = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+    assert (found - box).abs().max() <= 1.0, (found, box)
