@@ -58,3 +58,20 @@ def test_register_and_load(tmp_path):
 def test_default_specs_fit_the_quickstart():
     assert 128 <= SPECS["shapes_train"].image_size <= 256 and 100 <= SPECS["shapes_train"].num_images <= 1000
     assert SPECS["shapes_small_train"].max_object_frac * SPECS["shapes_small_train"].image_size <= 32
+
+
+def test_boxes_are_tight_around_drawn_shapes():
+    from PIL import Image, ImageDraw
+
+    from retinakit.data.datasets.shapes_draw import CLASSES, _draw
+
+    rng = np.random.default_rng(0)
+    for kind in CLASSES:
+        for _ in range(20):
+            s = float(rng.uniform(8, 40))
+            cx, cy = rng.uniform(25, 75, size=2)
+            img = Image.new("RGB", (100, 100))
+            box = _draw(ImageDraw.Draw(img), kind, cx, cy, s, (255, 255, 255))
+            ys, xs = np.nonzero(np.asarray(img)[:, :, 0])
+            found = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            assert max(abs(a - b) for a, b in zip(found, box)) <= 1, (kind, s, found, box)
