@@ -244,24 +244,11 @@ class Checkpointer:
         return True
 
     def _load_model(self, state: Mapping[str, Any], source: str) -> None:
-        try:
-            from .model_loading import load_model_weights
-        except ImportError:
-            load_model_weights = None
-        if load_model_weights is not None:
-            load_model_weights(self.model, dict(state), source)
-            return
-        own = self.model.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        bad_shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-        if missing or unexpected or bad_shape:
-            raise ValueError(
-                f"Checkpoint {source} does not match the model: missing keys {missing[:10]}, "
-                f"unexpected keys {unexpected[:10]}, shape mismatches {bad_shape[:10]}. "
-                "Is it a checkpoint of another architecture / class count?"
-            )
-        self.model.load_state_dict(state)
+        """Load model weights through ``load_model_weights`` (converts torchvision/ImageNet
+        weights, names mismatching keys/shapes, skips class-count-specific head layers)."""
+        from .model_loading import load_model_weights
+
+        load_model_weights(self.model, dict(state), source)
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         """With ``resume`` and a checkpoint in save_dir: restore everything from the newest

@@ -245,11 +245,9 @@ class DefaultTrainer(TrainerBase):
 
     @classmethod
     def test_dataset_names(cls, cfg: Any) -> List[str]:
-        try:
-            from ..data.build import test_dataset_names
-        except ImportError:
-            return list(cfg.DATASETS.TEST)
-        return test_dataset_names(cfg)
+        from ..data import get_eval_dataset_names
+
+        return get_eval_dataset_names(cfg)
 
     @classmethod
     def test(cls, cfg: Any, model: nn.Module, evaluators: Optional[List[Any]] = None) -> Dict[str, Any]:
@@ -370,13 +368,14 @@ def _log_results(name: str, results: Dict[str, Any]) -> None:
 class DefaultPredictor:
     """Single-image inference with a config and ``MODEL.WEIGHTS``.
 
-    ``predictor(image)`` takes an ``HxWxC`` uint8 numpy array (or ``CxHxW`` tensor) in the
-    channel order ``INPUT.FORMAT``, resizes its shortest edge to ``INPUT.MIN_SIZE_TEST``
-    (longest at most ``MAX_SIZE_TEST``) and returns ``{"instances": Instances}`` in the
-    input image's coordinates.
+    ``predictor(image)`` takes what the data layer's ``InferencePreprocessor`` takes (a
+    path, PIL image, ``HxWxC`` uint8 array or ``CxHxW`` uint8 tensor, RGB by default),
+    applies the test-time resizing of the test loader, and returns
+    ``{"instances": Instances}`` in the input image's coordinates.
     """
 
     def __init__(self, cfg: Any) -> None:
+        from ..data import build_inference_preprocess
         from ..modeling import build_model
 
         self.cfg = cfg.clone()
@@ -384,24 +383,9 @@ class DefaultPredictor:
         self.model.eval()
         if cfg.MODEL.WEIGHTS:
             Checkpointer(self.model, save_to_disk=False).load(cfg.MODEL.WEIGHTS, checkpointables=[])
-        self.min_size, self.max_size = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
-
-    def _resize(self, image: torch.Tensor) -> torch.Tensor:
-        h, w = image.shape[-2:]
-        if self.min_size <= 0:
-            return image
-        scale = self.min_size / min(h, w)
-        if max(h, w) * scale > self.max_size:
-            scale = self.max_size / max(h, w)
-        size = (int(round(h * scale)), int(round(w * scale)))
-        out = torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)
-        return out[0]
+        self.preprocess = build_inference_preprocess(self.cfg)
 
     @torch.inference_mode()
-    def __call__(self, image: Any) -> Dict[str, Any]:
-        t = torch.as_tensor(image)
-        if t.ndim == 3 and t.shape[-1] in (1, 3) and t.shape[0] not in (1, 3):
-            t = t.permute(2, 0, 1)
-        h, w = t.shape[-2:]
-        resized = self._resize(t)
-        return self.model([{"image": resized, "height": h, "width": w}])[0]
+    def __call__(self, image: Any, input_format: str = "RGB") -> Dict[str, Any]:
+        tensor, (h, w) = self.preprocess(image, input_format)
+        return self.model([{"image": tensor, "height": h, "width": w}])[0]

@@ -193,7 +193,8 @@ class COCOEvaluator(DatasetEvaluator):
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        logger.info("COCO box evaluation:\n" + captured.getvalue())
+        summary = [line for line in captured.getvalue().splitlines() if line.lstrip().startswith("Average")]
+        logger.info("COCO box evaluation:\n" + "\n".join(summary))
         results = {m: float(ev.stats[i]) for i, m in enumerate(METRIC_NAMES)}
         results.update(self._per_class(ev))
         return results

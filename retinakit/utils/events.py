@@ -199,23 +199,27 @@ class CommonMetricPrinter(EventWriter):
         self._max_iter = max_iter
         self._ims = ims_per_batch
         self._window = window_size
+        self._last_printed = -1
 
-    def _eta(self, storage: EventStorage) -> str:
+    def _eta(self, storage: EventStorage, it: int) -> str:
         try:
             t = storage.history("time").median(1000)
         except KeyError:
             return "N/A"
-        left = max(self._max_iter - storage.iter - 1, 0)
+        left = max(self._max_iter - it - 1, 0)
         return str(datetime.timedelta(seconds=int(t * left)))
 
     def write(self) -> None:
         storage = get_event_storage()
-        it = storage.iter
+        latest = storage.latest().get("total_loss")
+        if latest is None or latest[1] == self._last_printed:
+            return  # nothing new since the last line (e.g. the final write after training)
+        it = self._last_printed = latest[1]
         hist = storage.histories()
         losses = "  ".join(
             f"{k}: {h.median(self._window):.4g}" for k, h in hist.items() if "loss" in k
         )
-        parts = [f"eta: {self._eta(storage)}", f"iter: {it + 1}/{self._max_iter}", losses]
+        parts = [f"eta: {self._eta(storage, it)}", f"iter: {it + 1}/{self._max_iter}", losses]
         if "time" in hist:
             t = hist["time"].avg(self._window)
             parts.append(f"time: {t:.4f}s")
