@@ -41,7 +41,7 @@ CONFIGS = {
     101: "configs/converted/detectron2_retinanet_R_101_FPN.yaml",
 }
 # (blocks in res2..res5, bottleneck?) -> depth
-_DEPTHS = {
+_DEPTHS: dict[tuple[tuple[int, ...], bool], int] = {
     ((2, 2, 2, 2), False): 18,
     ((3, 4, 6, 3), False): 34,
     ((3, 4, 6, 3), True): 50,
@@ -124,7 +124,7 @@ def _resnet_layout(sd: Mapping[str, torch.Tensor]) -> tuple[int, int, int]:
             blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
             bottleneck = bottleneck or m.group(3) == "conv3"
     counts = tuple(len(blocks.get(s, ())) for s in (2, 3, 4, 5))
-    depth = _DEPTHS.get((counts, bottleneck))  # type: ignore[call-overload]
+    depth = _DEPTHS.get((counts, bottleneck))
     if depth is None:
         raise ValueError(
             f"the ResNet has {counts} blocks in res2..res5 ({'bottleneck' if bottleneck else 'basic'} blocks), "
