@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""How well do the configured anchors cover a dataset's boxes? And which anchors would do better?
+
+    python tools/analyze_anchors.py --config-file CFG [--dataset NAME ...] [--suggest] [--output DIR] [KEY VALUE ...]
+
+For every ground-truth box (after the resize of the data pipeline) it finds the best IoU
+over the anchors that the model's own anchor generator places on that image, and prints
+the fraction of boxes with an anchor at IoU >= MODEL.RETINANET.IOU_THRESHOLDS[-1] (the
+matcher's foreground threshold) and the mean best IoU, overall and per box size.
+``--suggest`` searches MODEL.ANCHOR_GENERATOR.{SIZES, OCTAVE_SCALES, ASPECT_RATIOS} with
+the same number of anchors per location and prints the YAML lines to paste.
+The histogram goes to DIR/anchor_coverage.png and the numbers to DIR/anchor_coverage.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from retinakit.config import ConfigError, get_cfg
+from retinakit.modeling.anchor_analysis import (
+    FINE_EDGES,
+    AnchorCoverageReport,
+    anchor_coverage,
+    suggest_anchors,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True, metavar="FILE")
+    p.add_argument("--dataset", nargs="+", default=None, metavar="NAME",
+                   help="registered dataset name(s) (default: DATASETS.TRAIN and DATASETS.TRAIN_JSON)")
+    p.add_argument("--suggest", action="store_true", help="search anchors that cover the boxes better")
+    p.add_argument("--output", default=None, metavar="DIR", help="folder for the PNG and JSON (default OUTPUT_DIR/anchors)")
+    p.add_argument("--mode", choices=("train", "test"), default="train",
+                   help="resize as in training (every INPUT.MIN_SIZE_TRAIN) or as at test time")
+    p.add_argument("--max-images", type=int, default=2000, help="use a fixed random subset of this many images (0: all)")
+    p.add_argument("--method", choices=("auto", "grid", "bruteforce"), default="auto",
+                   help="exact closed form for grid anchors (auto) or IoU with every anchor")
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE pairs")
+    return p.parse_args(argv)
+
+
+def load_dicts(cfg: Any, names: list[str] | None) -> tuple[list[str], list[dict]]:
+    from retinakit.data import get_detection_dataset_dicts, get_train_dataset_names
+    from retinakit.data.errors import check_policy
+
+    names = names or get_train_dataset_names(cfg)
+    dicts = get_detection_dataset_dicts(
+        names, on_bad_annotation=check_policy(cfg.DATALOADER.ON_BAD_ANNOTATION, "DATALOADER.ON_BAD_ANNOTATION"),
+        check_image_files=False,
+    )
+    return names, dicts
+
+
+def report_json(r: AnchorCoverageReport) -> dict[str, Any]:
+    return {
+        "threshold": r.threshold, "boxes": r.num_boxes, "coverage": r.coverage, "mean_best_iou": r.mean_best_iou,
+        "anchors_per_location": r.anchors_per_location,
+        "buckets": [{"bucket": n, "boxes": c, "coverage": cov, "mean_best_iou": m} for n, c, cov, m in r.rows()],
+    }
+
+
+def plot(reports: list[AnchorCoverageReport], path: str) -> bool:
+    """Best-IoU histogram and coverage per box size; False (with a note) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("NOTE: matplotlib is not installed (pip install matplotlib); no PNG written.")
+        return False
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.5))
+    bins = [i / 40 for i in range(41)]
+    for r in reports:
+        ax0.hist(r.best_iou.numpy(), bins=bins, alpha=0.55, label=f"{r.label}: {r.coverage:.1%} covered")
+    ax0.axvline(reports[0].threshold, color="k", linestyle="--", label=f"foreground IoU {reports[0].threshold:g}")
+    ax0.set(xlabel="best anchor IoU of a GT box", ylabel="GT boxes", title="Best anchor IoU per ground-truth box")
+    ax0.legend()
+    names = [n for n, c, _, _ in reports[0].rows()[4:] if c]  # fine size bins with boxes
+    width = 0.8 / len(reports)
+    for k, r in enumerate(reports):
+        cov = {n: cv for n, _, cv, _ in r.rows()}
+        ax1.bar([i + k * width for i in range(len(names))], [cov[n] for n in names], width, label=r.label)
+    ax1.set_xticks([i + width * (len(reports) - 1) / 2 for i in range(len(names))], names, rotation=30)
+    ax1.set(xlabel="box size sqrt(area), px (resized)", ylabel="coverage", ylim=(0, 1.05), title="Coverage per box size")
+    ax1.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = get_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    names, dicts = load_dicts(cfg, args.dataset)
+    max_images = args.max_images or None
+    print(f"Dataset {', '.join(names)}: {len(dicts)} images; anchors of {args.config_file} ({args.mode} resize)")
+    before = anchor_coverage(cfg, dicts, mode=args.mode, max_images=max_images, method=args.method, label="config")
+    reports = [before]
+    out: dict[str, Any] = {"config_file": args.config_file, "datasets": names, "config": report_json(before)}
+    if args.suggest:
+        s = suggest_anchors(cfg, dicts, mode=args.mode, max_images=max_images)
+        tuned = cfg.clone()
+        tuned.merge_from_list(s.overrides())
+        after = anchor_coverage(tuned, dicts, mode=args.mode, max_images=max_images, method=args.method, label="suggested")
+        reports.append(after)
+        out["suggested"] = {**report_json(after), "SIZES": s.sizes, "OCTAVE_SCALES": s.octave_scales,
+                            "ASPECT_RATIOS": s.aspect_ratios}
+        print(before.table(after))
+        print(f"\nconfig:    {before.summary()}\nsuggested: {after.summary()}")
+        print("\nPaste into the config (same number of anchors per location):\n")
+        print(s.yaml())
+        print("\nor append to the command line:\n  " + " ".join(s.overrides()))
+    else:
+        print(before.table())
+        print(f"\n{before.summary()}")
+    if before.num_boxes and before.coverage < 0.9 and not args.suggest:
+        print("Coverage is low: run again with --suggest for better MODEL.ANCHOR_GENERATOR settings.")
+    folder = args.output or os.path.join(cfg.OUTPUT_DIR, "anchors")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "anchor_coverage.json"), "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1)
+    png = os.path.join(folder, "anchor_coverage.png")
+    if before.num_boxes and plot(reports, png):
+        print(f"Wrote {png}")
+    print(f"Wrote {os.path.join(folder, 'anchor_coverage.json')} (size bins: {', '.join(f'{e:g}' for e in FINE_EDGES)})")
+    return 0
+
+
+def run(argv: list[str] | None = None) -> int:
+    """``main`` with user errors (config, data, registry names) turned into one message and exit code 2."""
+    from retinakit.data import DatasetError
+
+    try:
+        return main(argv)
+    except (ConfigError, DatasetError, FileNotFoundError, ValueError) as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 2
+    except KeyError as e:
+        if "registry" not in str(e):
+            raise
+        print(f"ERROR: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(run())
