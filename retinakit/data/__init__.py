@@ -10,9 +10,9 @@ from .build import (
     get_train_dataset_names,
     register_datasets_from_cfg,
 )
-from .collate import batch_images
 from .catalog import DatasetCatalog, Metadata, MetadataCatalog
 from .coco import load_coco_json, register_coco_instances
+from .collate import batch_images
 from .datasets import register_all_builtin
 from .errors import BadImageError, DatasetError
 from .image_io import read_image

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import BadImageError
+from .image_io import read_image
 from .mapper import annotations_to_instances
 from .samplers import (
     InferenceSampler,
@@ -89,6 +90,36 @@ def _build_pipeline(source: Any, batch_size: int, device_id: int | None, num_thr
     return p
 
 
+def _read_bytes(d: dict[str, Any]) -> np.ndarray:
+    try:
+        return np.fromfile(d["file_name"], dtype=np.uint8)
+    except OSError as e:
+        raise BadImageError(
+            f"Image {d['file_name']} (image id {d.get('image_id')}) cannot be read: {e}. "
+            "Check the image root directory and the 'file_name' entry in the JSON."
+        ) from e
+
+
+def _dali_reason(error: Exception) -> str:
+    """The informative lines of a DALI pipeline error (operator and failure), on one line."""
+    skip = ("Critical error", "Current pipeline", "File ", "which was used", "encountered")
+    lines = [ln.strip() for ln in str(error).splitlines()]
+    keep = [ln for ln in lines if ln and not ln.startswith(skip) and "fn." not in ln.split("(")[0][:20]]
+    return " ".join(keep)[:400] or str(error)[:400]
+
+
+def _batch_error(dicts: list[dict], error: Exception) -> BadImageError:
+    """Name the image that broke a DALI batch (found by decoding the batch with PIL)."""
+    hint = " DALI cannot skip single images: fix or remove the file, or use DATALOADER.BACKEND torch with DATALOADER.ON_BAD_IMAGE skip."
+    for d in dicts:
+        try:
+            read_image(d["file_name"], context=f"image id {d.get('image_id')}")
+        except BadImageError as bad:
+            return BadImageError(f"{bad} (DALI: {_dali_reason(error)}){hint}")
+    files = [d["file_name"] for d in dicts]
+    return BadImageError(f"DALI failed on a batch with the images {files}: {_dali_reason(error)}.{hint}")
+
+
 def _to_torch(tensor: Any, device_id: int | None) -> torch.Tensor:
     if device_id is None:
         return torch.from_numpy(np.array(tensor))
@@ -149,7 +180,7 @@ class DaliLoader:
             dicts = [self.dataset[i] for i in idx]
             params = [self.transform.sample_params(d["height"], d["width"], self.generator) for d in dicts]
             pending.append((dicts, params))
-            raws = [np.fromfile(d["file_name"], dtype=np.uint8) for d in dicts]
+            raws = [_read_bytes(d) for d in dicts]
             h = [np.array(p.out_size[0], np.float32) for p in params]
             w = [np.array(p.out_size[1], np.float32) for p in params]
             hf = [np.array(int(p.hflip), np.int32) for p in params]
@@ -180,11 +211,7 @@ class DaliLoader:
         except StopIteration:
             return None
         except RuntimeError as e:
-            files = [d["file_name"] for d in pending[0][0]] if pending else []
-            raise BadImageError(
-                f"DALI failed on a batch with the images {files}: {str(e).splitlines()[0]}. Check these files "
-                "(or use DATALOADER.BACKEND torch with DATALOADER.ON_BAD_IMAGE skip to drop unreadable images)."
-            ) from e
+            raise _batch_error(pending[0][0] if pending else [], e) from e
         dicts, params = pending.popleft()
         shapes = shapes.as_cpu() if hasattr(shapes, "as_cpu") else shapes
         return [

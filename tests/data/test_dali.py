@@ -164,3 +164,19 @@ def test_missing_dali_message(monkeypatch, parity_cfg):
     with pytest.raises(ImportError, match=r"pip install 'retinakit\[dali\]'") as e:
         build_detection_train_loader(parity_cfg)
     assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+@needs_dali
+def test_bad_files_named(parity_cfg, tmp_path):
+    from retinakit.data import BadImageError
+
+    parity_cfg.INPUT.MIN_SIZE_TEST = 0
+    dataset = get_detection_dataset_dicts("cfg_train")[:3]
+    data = open(dataset[1]["file_name"], "rb").read()
+    broken = str(tmp_path / "broken.png")
+    open(broken, "wb").write(data[: len(data) // 2])
+    for name, expected in [(broken, "truncated or corrupt"), (str(tmp_path / "gone.png"), "cannot be read")]:
+        bad = [dataset[0], dict(dataset[1], file_name=name), dataset[2]]
+        with pytest.raises(BadImageError, match=expected) as e:
+            list(build_dali_test_loader(parity_cfg, bad, batch_size=3))
+        assert name in str(e.value) and "image id 2" in str(e.value)
