@@ -1,0 +1,130 @@
+"""End-to-end and heads-only ONNX exports equal the PyTorch model (onnxruntime on CPU)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from .conftest import ort_run, random_images
+
+
+def _torch_predictor(cfg, model):
+    from retinakit.data import build_inference_preprocess
+    from retinakit.export import Predictor
+    from retinakit.export.predictor import TorchBackend
+
+    return Predictor(TorchBackend(model), build_inference_preprocess(cfg))
+
+
+def assert_same_detections(a, b, rel=1e-3, score_tol=1e-3):
+    assert a.image_size == b.image_size
+    assert len(a) == len(b) and len(a) > 0
+    assert torch.equal(a.pred_classes, b.pred_classes)
+    ba, bb = a.pred_boxes.tensor, b.pred_boxes.tensor
+    scale = max(a.image_size)
+    assert (ba - bb).abs().max().item() <= rel * scale
+    assert (a.scores - b.scores).abs().max().item() <= score_tol
+
+
+@pytest.mark.parametrize("sizes", [[(160, 160)], [(160, 160), (120, 200), (200, 90)]], ids=["batch1", "batch3"])
+def test_e2e_onnx_equals_pytorch(random_setup, e2e_onnx, sizes):
+    from retinakit.export import load_predictor
+
+    cfg, model = random_setup
+    images = random_images(sizes)
+    ref = _torch_predictor(cfg, model)(images)
+    out = load_predictor(e2e_onnx)(images)
+    assert [r.image_size for r in out] == [tuple(s) for s in sizes]
+    for a, b in zip(ref, out):
+        assert_same_detections(a, b)
+
+
+def test_e2e_graph_is_standard_onnx(e2e_onnx):
+    import onnx
+
+    from retinakit.export import read_metadata
+
+    m = onnx.load(e2e_onnx)
+    ops = {n.op_type for n in m.graph.node}
+    assert {"NonMaxSuppression", "TopK"} <= ops
+    assert all(n.domain in ("", "ai.onnx") for n in m.graph.node), "custom-domain op in the graph"
+    assert m.ir_version <= 10
+    assert [o.name for o in m.graph.output] == ["num_dets", "boxes", "scores", "classes"]
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    assert all(d.dim_param for i, d in enumerate(dims) if i != 1), "batch/height/width must be dynamic"
+    onnx.checker.check_model(m)
+    meta = read_metadata(e2e_onnx)
+    assert meta["mode"] == "e2e" and meta["size_divisibility"] >= 32 and "config" in meta
+
+
+def test_e2e_fixed_outputs_and_padding_value(random_setup, e2e_onnx):
+    """Padding content does not matter (masked in the graph); padding rows are zero / -1."""
+    cfg, model = random_setup
+    rng = np.random.default_rng(0)
+    img = (rng.random((1, 3, 160, 192)) * 255).astype(np.float32)
+    sizes = np.array([[150.0, 170.0]], np.float32)
+    noisy = img.copy()
+    noisy[:, :, 150:, :] = 255.0
+    noisy[:, :, :, 170:] = 17.0
+    a, b = ort_run(e2e_onnx, img, sizes), ort_run(e2e_onnx, noisy, sizes)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    num, boxes, scores, classes = a
+    assert boxes.shape == (1, 100, 4) and num.dtype == np.int32 and classes.dtype == np.int32
+    n = int(num[0])
+    assert (classes[0, n:] == -1).all() and (scores[0, n:] == 0).all()
+    assert boxes[0, :n, 2].max() <= 170.0 and boxes[0, :n, 3].max() <= 150.0
+
+
+def test_heads_only_equals_head_outputs(random_setup, heads_onnx):
+    from retinakit.structures import ImageList
+
+    cfg, model = random_setup
+    images = random_images([(160, 160), (128, 96)], seed=3)
+    il = model.preprocessor([x for x in images])
+    with torch.no_grad():
+        cls_ref, box_ref, _ = model.inference_outputs(il)
+    padded = torch.zeros(2, 3, *il.tensor.shape[-2:])
+    for i, x in enumerate(images):
+        padded[i, :, : x.shape[1], : x.shape[2]] = x.float()
+    sizes = np.array([list(s) for s in il.image_sizes], np.float32)
+    outs = ort_run(heads_onnx, padded.numpy(), sizes)
+    n = len(cls_ref)
+    assert len(outs) == 2 * n
+    for ref, got in zip(list(cls_ref) + list(box_ref), outs):
+        np.testing.assert_allclose(got, ref.numpy(), rtol=1e-3, atol=1e-3)
+    assert isinstance(il, ImageList)
+
+
+def test_soft_nms_needs_heads_mode(tmp_path):
+    from retinakit.export import export_onnx
+    from retinakit.modeling import build_model
+
+    from .conftest import quickstart_cfg
+
+    model = build_model(quickstart_cfg("MODEL.POSTPROCESSOR.NMS_TYPE", "soft")).eval()
+    with pytest.raises(ValueError, match="heads"):
+        export_onnx(model, str(tmp_path / "m.onnx"), mode="e2e")
+
+
+def test_nms_keep_op_matches_batched_nms():
+    """The export op's PyTorch implementation keeps what per-class NMS keeps (capped per class)."""
+    from retinakit.export.onnx_ops import nms_keep
+
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(1, 50, 2, generator=g) * 50
+    boxes = torch.cat([xy, xy + 5 + torch.rand(1, 50, 2, generator=g) * 20], dim=2)
+    cls = torch.randint(0, 3, (50,), generator=g)
+    s = torch.rand(50, generator=g)
+    scores = torch.full((1, 3, 50), -1.0)
+    scores[0, cls, torch.arange(50)] = s
+    keep = nms_keep(boxes, scores, 0.5, 0.05, 1000)[0].bool()
+    from torchvision.ops import batched_nms
+
+    valid = s > 0.05
+    idx = torch.nonzero(valid).flatten()
+    ref = idx[batched_nms(boxes[0, idx], s[idx], cls[idx], 0.5)]
+    assert set(ref.tolist()) == set(torch.nonzero(keep).flatten().tolist())
+    capped = nms_keep(boxes, scores, 0.5, 0.05, 2)[0]
+    for c in range(3):
+        assert int(capped[cls == c].sum()) <= 2
