@@ -31,7 +31,7 @@ $(DEPS_STAMP): setup.py Makefile
 	@echo ">> installing pinned $(TORCH_PINS) and retinakit[$(EXTRAS)] into $(VENV)"
 	$(PIP) install -q --upgrade pip "setuptools>=64" wheel ninja
 	$(PIP) install -q $(TORCH_PINS)
-	$(PIP) install -q $(TORCH_PINS) -e ".[$(EXTRAS)]" --no-build-isolation
+	RETINAKIT_NO_EXT=1 $(PIP) install -q $(TORCH_PINS) -e ".[$(EXTRAS)]" --no-build-isolation
 	@$(PY) -c "import torch, torchvision; assert torch.__version__.startswith('2.14.0'), torch.__version__; print('>> torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	@touch $@
 
