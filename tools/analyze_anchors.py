@@ -102,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    names, dicts = load_dicts(cfg, args.dataset)
+    try:
+        names, dicts = load_dicts(cfg, args.dataset)
+    except KeyError as e:  # an unknown dataset name: the catalog's message lists the registered ones
+        raise ConfigError(str(e.args[0]) if e.args else str(e)) from e
     max_images = args.max_images or None
     print(f"Dataset {', '.join(names)}: {len(dicts)} images; anchors of {args.config_file} ({args.mode} resize)")
     before = anchor_coverage(cfg, dicts, mode=args.mode, max_images=max_images, method=args.method, label="config")
