@@ -29,15 +29,15 @@ inline std::vector<LevelShape> check_decode_inputs(at::TensorList cls, at::Tenso
     const at::Tensor &c = cls[l], &b = box[l], &a = anchors[l];
     TORCH_CHECK(c.dim() == 4 && c.size(0) == n && c.is_floating_point(), "retinakit.ops.decode_detections: cls_logits[", l,
                 "] must be a float [N, A*K, H, W] tensor with N = ", n, ", got ", c.sizes());
-    const int64_t hw = c.size(2) * c.size(3);
-    TORCH_CHECK(a.dim() == 2 && a.size(1) == 4 && (hw == 0 ? a.size(0) == 0 : a.size(0) % hw == 0),
-                "retinakit.ops.decode_detections: anchors[", l, "] must be [H*W*A, 4] with H*W = ", hw, ", got ", a.sizes());
-    const int64_t A = hw == 0 ? 1 : a.size(0) / hw;
-    TORCH_CHECK(A > 0 && c.size(1) % A == 0, "retinakit.ops.decode_detections: cls_logits[", l, "] has ", c.size(1),
-                " channels, not a multiple of the ", A, " anchors per location");
-    TORCH_CHECK(b.dim() == 4 && b.size(0) == n && b.size(1) == 4 * A && b.size(2) == c.size(2) && b.size(3) == c.size(3),
-                "retinakit.ops.decode_detections: box_deltas[", l, "] must be [N, ", 4 * A, ", H, W] = [", n, ", ", 4 * A,
-                ", ", c.size(2), ", ", c.size(3), "], got ", b.sizes());
+    TORCH_CHECK(b.dim() == 4 && b.size(0) == n && b.size(1) % 4 == 0 && b.size(1) > 0 && b.size(2) == c.size(2) &&
+                    b.size(3) == c.size(3),
+                "retinakit.ops.decode_detections: box_deltas[", l, "] must be [N, A*4, H, W] with N, H, W = ", n, ", ",
+                c.size(2), ", ", c.size(3), ", got ", b.sizes());
+    const int64_t A = b.size(1) / 4, hw = c.size(2) * c.size(3);
+    TORCH_CHECK(c.size(1) % A == 0, "retinakit.ops.decode_detections: cls_logits[", l, "] has ", c.size(1),
+                " channels, not a multiple of the ", A, " anchors per location of box_deltas[", l, "]");
+    TORCH_CHECK(a.dim() == 2 && a.size(1) == 4 && a.size(0) == hw * A, "retinakit.ops.decode_detections: anchors[", l,
+                "] must be [H*W*A, 4] = [", hw * A, ", 4], got ", a.sizes());
     TORCH_CHECK(c.device() == b.device() && c.device() == a.device() && c.device() == image_sizes.device(),
                 "retinakit.ops.decode_detections: all inputs must be on the same device");
     shapes.push_back({A, c.size(1) / A, c.size(2), c.size(3)});

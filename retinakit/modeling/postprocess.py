@@ -167,8 +167,7 @@ class RetinaNetPostProcessor(nn.Module):
         for n in range(n_img):
             b_l, s_l, c_l = [], [], []
             for lvl, (flat, s) in enumerate(sel[n]):
-                hw = cls_logits[lvl].shape[2] * cls_logits[lvl].shape[3]
-                k_num = cls_logits[lvl].shape[1] // (anchors[lvl].shape[0] // hw)
+                k_num = cls_logits[lvl].shape[1] // (box_deltas[lvl].shape[1] // 4)
                 a_idx = flat // k_num
                 d = box_deltas[lvl][n].permute(1, 2, 0).reshape(-1, 4)[a_idx]
                 b = self.box_coder.decode(d.float(), anchors[lvl][a_idx].float()).float()

@@ -12,11 +12,10 @@ import torch
 from torch import Tensor
 
 
-def _num_kept(n: int) -> "torch.SymInt":
+def _num_kept(n: "int | torch.SymInt") -> "torch.SymInt":
+    """An unbacked size in ``[0, n]`` for the data-dependent number of kept boxes."""
     ctx = torch.library.get_ctx()
-    k = ctx.new_dynamic_size()
-    torch._check(k <= n) if isinstance(n, int) else None
-    return k
+    return ctx.new_dynamic_size(max=n) if isinstance(n, int) else ctx.new_dynamic_size()
 
 
 @torch.library.register_fake("retinakit::nms")

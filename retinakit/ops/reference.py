@@ -226,7 +226,7 @@ def decode_detections(
     for n in range(n_img):
         pos = 0
         for lvl, (flat, s) in enumerate(sel[n]):
-            a_num = anchors[lvl].shape[0] // (cls_logits[lvl].shape[2] * cls_logits[lvl].shape[3])
+            a_num = box_deltas[lvl].shape[1] // 4
             k_num = cls_logits[lvl].shape[1] // a_num
             anchor_idx = flat // k_num
             d = box_deltas[lvl][n].permute(1, 2, 0).reshape(-1, 4)[anchor_idx]

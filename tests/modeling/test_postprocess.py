@@ -47,11 +47,13 @@ def test_generic_box_coder_path_matches_fused():
 
 @pytest.mark.parametrize("nms_type", ["agnostic", "soft"])
 def test_other_nms_types_match_reference(nms_type):
-    cls, box, anchors = make_heads(1, (128, 160), seed=4)
-    sizes = [(128, 160)]
-    pp = RetinaNetPostProcessor(box_coder=MiniDeltaCoder(), nms_type=nms_type, nms_thresh=0.5, allow_reference_ops=REF)
+    cls, box, anchors = make_heads(1, (96, 128), seed=4)
+    sizes = [(96, 128)]
+    pp = RetinaNetPostProcessor(
+        box_coder=MiniDeltaCoder(), nms_type=nms_type, nms_thresh=0.5, topk_candidates=300, allow_reference_ops=REF
+    )
     (inst,) = pp(cls, box, anchors, sizes)
-    b, s, c, nv = ops.reference.decode_detections(cls, box, anchors, torch.tensor(sizes), 0.05, 1000, [1.0] * 4, pp.box_coder.scale_clamp)
+    b, s, c, nv = ops.reference.decode_detections(cls, box, anchors, torch.tensor(sizes), 0.05, 300, [1.0] * 4, pp.box_coder.scale_clamp)
     rb, rs, rc, rn = ops.reference.multiclass_nms(b, s, c, nv, nms_type, 0.5, 100)
     d = int(rn[0])
     assert len(inst) == d > 0
@@ -86,3 +88,18 @@ def test_from_config():
     assert pp.nms_type == "soft" and pp.max_detections == 50 and pp.score_thresh == cfg.MODEL.RETINANET.SCORE_THRESH_TEST
     with pytest.raises(ValueError, match="NMS_TYPE"):
         RetinaNetPostProcessor(box_coder=MiniDeltaCoder(), nms_type="fast")
+
+
+def test_library_box_coders():
+    """The lead's DeltaXYWHBoxCoder takes the fused path; LegacyDeltaXYWHBoxCoder the generic one."""
+    box_coder = pytest.importorskip("retinakit.modeling.box_coder")
+    cls, box, anchors = make_heads(1, (128, 160), seed=7)
+    sizes = [(128, 160)]
+    coder = box_coder.DeltaXYWHBoxCoder()
+    (inst,) = RetinaNetPostProcessor(box_coder=coder, allow_reference_ops=REF)(cls, box, anchors, sizes)
+    (det,) = torchvision_postprocess(cls, box, anchors, sizes)
+    _assert_same([inst], [det])
+    legacy = box_coder.LegacyDeltaXYWHBoxCoder()
+    assert getattr(legacy, "fused_decode_params", None) is None
+    (linst,) = RetinaNetPostProcessor(box_coder=legacy, allow_reference_ops=REF)(cls, box, anchors, sizes)
+    assert len(linst) > 0 and linst.pred_boxes.tensor.dtype == torch.float32

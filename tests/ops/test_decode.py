@@ -1,0 +1,114 @@
+"""decode_detections and multiclass_nms: compiled CPU kernels vs the pure-torch reference."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from retinakit import ops
+from rk_ops_testutils import needs_ext, random_boxes, with_nonfinite
+
+pytestmark = needs_ext
+CLAMP = math.log(1000.0 / 16)
+
+
+def heads(n, hws, k, a=9, seed=0, mean=-3.0, std=1.5, dtype=torch.float32, quantize=False):
+    g = torch.Generator().manual_seed(seed)
+    cls, box, anc = [], [], []
+    for lvl, (h, w) in enumerate(hws):
+        c = torch.randn(n, a * k, h, w, generator=g) * std + mean
+        if quantize:
+            c = c.round()  # many exactly tied scores
+        cls.append(c.to(dtype))
+        box.append((torch.randn(n, a * 4, h, w, generator=g) * 2).to(dtype))  # large deltas hit the clamp
+        xy = torch.rand(h * w * a, 2, generator=g) * 8 * 2 ** lvl * max(h, w)
+        wh = torch.rand(h * w * a, 2, generator=g) * 64 * 2 ** lvl
+        anc.append(torch.cat([xy - wh / 2, xy + wh / 2], 1))
+    return cls, box, anc
+
+
+def assert_decode_equal(got, ref, atol=1e-3):
+    (b, s, c, n), (rb, rs, rc, rn) = got, ref
+    assert b.shape == rb.shape and b.dtype == torch.float32 and c.dtype == torch.int64
+    assert torch.equal(n, rn)
+    assert torch.equal(c, rc)
+    torch.testing.assert_close(s, rs, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(b, rb, rtol=1e-5, atol=atol, equal_nan=True)
+
+
+CASES = [
+    # n, level sizes, classes, topk, thresh
+    (1, [(1, 1)], 1, 1000, 0.05),
+    (2, [(8, 10), (4, 5), (2, 3)], 80, 50, 0.05),
+    (2, [(8, 10), (4, 5)], 80, 1000, 0.05),
+    (3, [(5, 7), (3, 4)], 1, 7, 0.3),
+    (1, [(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)], 80, 1000, 0.05),
+    (1, [(6, 6)], 3, 0, 0.05),
+    (2, [(6, 6), (0, 0)], 3, 10, 0.05),
+    (1, [(6, 6)], 3, 10, 0.999),
+]
+
+
+@pytest.mark.parametrize("n,hws,k,topk,thr", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_decode_matches_reference(n, hws, k, topk, thr, dtype):
+    cls, box, anc = heads(n, hws, k, seed=len(hws) + k, dtype=dtype)
+    sizes = torch.tensor([[200 + 10 * i, 300 - 7 * i] for i in range(n)])
+    args = (cls, box, anc, sizes, thr, topk, (1.0, 1.0, 1.0, 1.0), CLAMP)
+    assert_decode_equal(ops.decode_detections(*args), ops.reference.decode_detections(*args))
+
+
+def test_decode_ties_weights_nan_and_outside():
+    cls, box, anc = heads(2, [(10, 12), (5, 6)], 4, seed=3, quantize=True, mean=0.0)
+    cls[0][0, 0, 0, :3] = float("nan")  # NaN logits never pass
+    anc[1][:5] += 1e5  # anchors far outside the image: boxes clipped
+    sizes = torch.tensor([[100, 120], [90, 80]])
+    for w in [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)]:
+        args = (cls, box, anc, sizes, 0.05, 30, w, CLAMP)
+        got = ops.decode_detections(*args)
+        assert_decode_equal(got, ops.reference.decode_detections(*args))
+        b = got[0]
+        assert (b[..., 0::2] <= 120).all() and (b >= 0).all()
+
+
+def test_decode_bad_inputs():
+    cls, box, anc = heads(1, [(4, 4)], 2)
+    with pytest.raises(RuntimeError, match="anchors"):
+        ops.decode_detections(cls, box, [anc[0][:-1]], torch.tensor([[64, 64]]))
+    with pytest.raises(RuntimeError, match="box_deltas"):
+        ops.decode_detections(cls, [box[0][:, :7]], anc, torch.tensor([[64, 64]]))
+    with pytest.raises(RuntimeError, match="image_sizes"):
+        ops.decode_detections(cls, box, anc, torch.tensor([64, 64]))
+
+
+def _candidates(n, m, k, seed, kind="normal"):
+    bs, ss, cs = [], [], []
+    for i in range(n):
+        b, s, c = random_boxes(m, kind, seed=seed + i, num_classes=k)
+        bs.append(b), ss.append(s), cs.append(c)
+    valid = torch.tensor([m - 3 * i for i in range(n)]).clamp(min=0)
+    return torch.stack(bs), torch.stack(ss), torch.stack(cs), valid
+
+
+@pytest.mark.parametrize("nms_type", ["batched", "agnostic", "soft"])
+@pytest.mark.parametrize("kind", ["normal", "ties", "inverted", "huge", "identical"])
+@pytest.mark.parametrize("k", [1, 80])
+def test_multiclass_nms_matches_reference(nms_type, kind, k):
+    boxes, scores, classes, valid = _candidates(2, 300, k, seed=k, kind=kind)
+    if kind == "normal":
+        scores = with_nonfinite(scores)
+    for max_det in (0, 5, 100) if kind == "normal" else (100,):
+        args = (boxes, scores, classes, valid, nms_type, 0.5, max_det, "gaussian", 0.5, 0.01)
+        got, ref = ops.multiclass_nms(*args), ops.reference.multiclass_nms(*args)
+        assert got[0].shape == (2, max_det, 4)
+        assert torch.equal(got[3], ref[3]) and torch.equal(got[2], ref[2])
+        torch.testing.assert_close(got[1], ref[1], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(got[0], ref[0])
+
+
+def test_multiclass_nms_empty():
+    z = ops.multiclass_nms(torch.zeros(2, 0, 4), torch.zeros(2, 0), torch.zeros(2, 0, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
+    assert z[0].shape == (2, 100, 4) and z[3].tolist() == [0, 0] and (z[2] == -1).all()
+    with pytest.raises(ValueError, match="nms_type"):
+        ops.multiclass_nms(torch.zeros(1, 0, 4), torch.zeros(1, 0), torch.zeros(1, 0, dtype=torch.int64), torch.zeros(1, dtype=torch.int64), "fast")
