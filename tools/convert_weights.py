@@ -14,7 +14,8 @@ retinakit config matching the architecture (``__retinakit__["config"]``, e.g.
     python tools/train_net.py --config-file OUT.yaml --eval-only
 
 detectron2 ``.pkl`` files (model zoo) are read with a restricted unpickler that accepts only
-numpy arrays and plain containers; everything else is read with ``torch.load(weights_only=True)``.
+numpy arrays and plain containers (``retinakit.checkpoint.converters.detectron2.load_pkl``);
+everything else is read with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
@@ -29,60 +30,17 @@ import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The only globals a detectron2 model-zoo pickle needs: numpy arrays, scalars, dtypes,
-# OrderedDict and the bytes helper of protocol-2 pickles. Anything else is refused.
-_SAFE_GLOBALS = {
-    ("collections", "OrderedDict"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
-    ("_codecs", "encode"),
-}
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _SAFE_GLOBALS:
-            raise pickle.UnpicklingError(
-                f"refusing to load {module}.{name}: a detectron2 weights pickle holds only numpy arrays"
-            )
-        if module.startswith("numpy.core."):  # numpy >= 2 renamed numpy.core to numpy._core
-            try:
-                import numpy._core  # noqa: F401
-
-                module = "numpy._core." + module[len("numpy.core."):]
-            except ImportError:
-                pass
-        return super().find_class(module, name)
-
-
-def load_pickle(path: str) -> Any:
-    """Read a detectron2 ``.pkl`` (numpy arrays only) with the restricted unpickler."""
-    with open(path, "rb") as f:
-        return _NumpyOnlyUnpickler(f, encoding="latin1").load()
-
-
-def _tensors(obj: Any) -> Any:
-    """numpy arrays -> tensors, recursively in dicts (model-zoo pickles hold numpy arrays)."""
-    if isinstance(obj, Mapping):
-        return {k: _tensors(v) for k, v in obj.items()}
-    if type(obj).__module__ == "numpy" and hasattr(obj, "shape") and hasattr(obj, "dtype"):
-        return torch.as_tensor(obj)
-    return obj
-
-
 def _load(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise SystemExit(f"error: input checkpoint not found: {path}")
     try:
         if path.endswith(".pkl"):
-            data = _tensors(load_pickle(path))
+            from retinakit.checkpoint.converters.detectron2 import load_pkl
+
+            data = load_pkl(path)
         else:
             data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError) as e:
         raise SystemExit(
             f"error: cannot read {path}: {e}\nretinakit only reads tensors and plain containers. If the file "
             "stores other Python objects (an optimizer or scheduler of another library), save just the model "
@@ -152,7 +110,7 @@ def main(argv=None) -> int:
     tmp = args.output + ".tmp"
     torch.save({"model": out, "__retinakit__": info}, tmp)
     os.replace(tmp, args.output)
-    shown = {k: v for k, v in info.items() if k not in ("config_overrides", "notes")}
+    shown = {k: v for k, v in info.items() if k not in ("config_overrides", "notes", "requires")}
     print(f"wrote {args.output}: {len(out)} tensors; " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     for note in info.get("notes", []):
         print(f"note: {note}")

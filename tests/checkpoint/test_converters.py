@@ -224,3 +224,20 @@ def test_legacy_box_coder_matches_plus_one_convention():
     assert coder.scale_clamp == 10.0
     huge = coder.decode(torch.tensor([[0.0, 0.0, 50.0, 50.0]]), anchors[:1])
     assert torch.isfinite(huge).all() and math.isclose(float(huge[0, 2] - huge[0, 0]), math.exp(10) * float(aw[0, 0]), rel_tol=1e-4)
+
+
+# --------------------------------------------------------------------------- config checks
+def test_check_config_flags_configs_the_weights_cannot_work_with():
+    from retinakit.checkpoint.converters import check_config
+
+    _, d2 = convert("detectron2", detectron2_state_dict(18, 2))
+    assert check_config(d2, _cfg(d2["config"], *d2["config_overrides"])) == []
+    problems = check_config(d2, _cfg("configs/COCO-Detection/retinanet_R_18_FPN_1x.yaml"))
+    assert any(p.startswith("MODEL.RESNETS.STRIDE_IN_1X1") for p in problems)
+    assert any(p.startswith("INPUT.FORMAT") for p in problems)
+    sd = OdtkRetinaNet("ResNet18FPN", 2).state_dict()
+    _, od = convert("odtk", sd)
+    assert check_config(od, _cfg(od["config"], *od["config_overrides"])) == []
+    problems = check_config(od, _cfg(d2["config"]))
+    assert {p.split(":")[0] for p in problems} >= {"MODEL.ANCHOR_GENERATOR.OFFSET", "MODEL.RETINANET.BOX_CODER_NAME",
+                                                   "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "INPUT.FORMAT"}

@@ -76,4 +76,32 @@ def convert(source: str, state_dict: StateDict, checkpoint: Mapping[str, Any] | 
     return fn(state_dict, **_accepted(fn, kwargs))
 
 
-__all__ = ["CONVERTERS", "DETECTORS", "convert", "detect_source", "register_converter"]
+def check_config(info: Mapping[str, Any], cfg: Any) -> list[str]:
+    """Config values that contradict what converted weights need (``info["requires"]``).
+
+    Shapes cannot reveal them (e.g. where a bottleneck's stride sits, the channel order, the
+    anchor offset), so weights loaded with such a config would give wrong detections
+    silently. Returns one ``"KEY: config has X, the weights need Y"`` line per mismatch.
+    """
+    problems = []
+    for key, needed in dict(info.get("requires", {})).items():
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        have = node
+        if isinstance(needed, (list, tuple)):
+            same = _as_lists(have) == _as_lists(needed)
+        else:
+            same = have == needed
+        if not same:
+            problems.append(f"{key}: config has {have!r}, the {info.get('source', 'converted')} weights need {needed!r}")
+    return problems
+
+
+def _as_lists(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(v) for v in value]
+    return round(float(value), 4) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+__all__ = ["CONVERTERS", "DETECTORS", "check_config", "convert", "detect_source", "register_converter"]

@@ -25,6 +25,8 @@ or other pixel statistics needs those keys overridden.
 """
 from __future__ import annotations
 
+import importlib.util
+import pickle
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,7 +35,52 @@ import torch
 
 StateDict = dict[str, torch.Tensor]
 
-__all__ = ["CONFIGS", "anchor_permutation", "convert", "matches", "permute_anchor_outputs"]
+# The only globals a detectron2 model-zoo pickle needs: numpy arrays, scalars, dtypes,
+# OrderedDict and the bytes helper of protocol-2 pickles. Anything else is refused.
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _SAFE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: a detectron2 weights pickle holds only numpy arrays"
+            )
+        if module.startswith("numpy.core.") and importlib.util.find_spec("numpy._core") is not None:
+            module = "numpy._core." + module[len("numpy.core."):]  # numpy >= 2 renamed numpy.core
+        return super().find_class(module, name)
+
+
+def _to_tensors(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {k: _to_tensors(v) for k, v in obj.items()}
+    if type(obj).__module__ == "numpy" and hasattr(obj, "shape") and hasattr(obj, "dtype"):
+        return torch.as_tensor(obj)
+    return obj
+
+
+def load_pkl(path: str) -> dict[str, Any]:
+    """Read a detectron2 ``.pkl`` (model zoo: ``{"model": {name: ndarray}, ...}``) safely.
+
+    A restricted unpickler accepts only numpy arrays and plain containers (a pickle that
+    would run code raises ``pickle.UnpicklingError``); arrays become tensors.
+    """
+    with open(path, "rb") as f:
+        data = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{path} holds a {type(data).__name__}, not a checkpoint dictionary")
+    return dict(_to_tensors(data))
+
+__all__ = ["CONFIGS", "anchor_permutation", "convert", "load_pkl", "matches", "permute_anchor_outputs"]
 
 # Depth -> static config (the model-zoo architectures); other depths use R_50 + overrides.
 CONFIGS = {
@@ -237,6 +284,15 @@ def convert(sd: Mapping[str, Any], checkpoint: Mapping[str, Any] | None = None, 
         "num_anchors": num_anchors,
         "config": CONFIGS.get(depth, CONFIGS[50]),
         "config_overrides": overrides,
+        # config values these weights are wrong without (checked by converters.check_config)
+        "requires": {
+            "MODEL.RESNETS.STRIDE_IN_1X1": True,
+            "INPUT.FORMAT": "BGR",
+            "MODEL.PIXEL_MEAN": [103.53, 116.28, 123.675],
+            "MODEL.PIXEL_STD": [1.0, 1.0, 1.0],
+            "MODEL.ANCHOR_GENERATOR.OFFSET": 0.0,
+            "MODEL.RETINANET.BOX_CODER_NAME": "DeltaXYWHBoxCoder",
+        },
     }
     if notes:
         info["notes"] = notes

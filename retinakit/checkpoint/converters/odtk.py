@@ -163,5 +163,13 @@ def convert(sd: Mapping[str, Any], checkpoint: Mapping[str, Any] | None = None) 
         "num_anchors": num_anchors,
         "config": CONFIG.format(depth=depth),
         "config_overrides": overrides,
+        # config values these weights are wrong without (checked by converters.check_config)
+        "requires": {
+            "MODEL.RESNETS.STRIDE_IN_1X1": False,
+            "INPUT.FORMAT": "RGB",
+            "MODEL.ANCHOR_GENERATOR.OFFSET": 0.5,
+            "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS": [ratios],
+            "MODEL.RETINANET.BOX_CODER_NAME": "LegacyDeltaXYWHBoxCoder",
+        },
     }
     return out, info
