@@ -8,7 +8,8 @@
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -80,7 +81,7 @@ class RetinaNetPostProcessor(nn.Module):
         self.allow_reference_ops = bool(allow_reference_ops)
 
     @classmethod
-    def from_config(cls, cfg: Any, box_coder: Any) -> Dict[str, Any]:
+    def from_config(cls, cfg: Any, box_coder: Any) -> dict[str, Any]:
         pp = cfg.MODEL.POSTPROCESSOR
         return {
             "box_coder": box_coder,
@@ -103,11 +104,11 @@ class RetinaNetPostProcessor(nn.Module):
 
     def forward(
         self,
-        cls_logits: List[Tensor],
-        box_deltas: List[Tensor],
-        anchors: List[Tensor],
-        image_sizes: Sequence[Tuple[int, int]],
-    ) -> List[Instances]:
+        cls_logits: list[Tensor],
+        box_deltas: list[Tensor],
+        anchors: list[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+    ) -> list[Instances]:
         """Per level ``cls_logits [N, A*K, H_l, W_l]``, ``box_deltas [N, A*4, H_l, W_l]``,
         ``anchors [H_l*W_l*A, 4]``; ``image_sizes`` ``N x (height, width)``.
 
@@ -145,11 +146,11 @@ class RetinaNetPostProcessor(nn.Module):
 
     def _generic_decode(
         self,
-        cls_logits: List[Tensor],
-        box_deltas: List[Tensor],
-        anchors: List[Tensor],
-        image_sizes: Sequence[Tuple[int, int]],
-    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        cls_logits: list[Tensor],
+        box_deltas: list[Tensor],
+        anchors: list[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Selection in torch + ``box_coder.decode`` for coders without a fused decode.
 
         Same packed outputs as :func:`retinakit.ops.decode_detections`.

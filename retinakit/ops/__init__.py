@@ -8,7 +8,12 @@ references live in :mod:`retinakit.ops.reference`; ONNX translations in
 (``allow_reference=True`` or ``RETINAKIT_ALLOW_REFERENCE_OPS=1``).
 """
 from . import reference
-from ._ext import ExtensionNotBuiltError, extension_available, load_error, reference_allowed
+from ._ext import (
+    ExtensionNotBuiltError,
+    extension_available,
+    load_error,
+    reference_allowed,
+)
 from .decode import decode_detections
 from .nms import batched_nms, multiclass_nms, nms, soft_nms
 
@@ -24,3 +29,7 @@ __all__ = [
     "reference_allowed",
     "soft_nms",
 ]
+
+# Load the compiled library now (cheap) so torch.ops.retinakit.* and its fake kernels are
+# registered for code that calls the ops directly; a missing build is reported on first use.
+extension_available()

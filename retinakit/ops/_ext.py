@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Optional
 
 import torch
 
-__all__ = ["ExtensionNotBuiltError", "extension_available", "load_error", "reference_allowed", "REBUILD_HINT"]
+__all__ = ["REBUILD_HINT", "ExtensionNotBuiltError", "extension_available", "load_error", "reference_allowed"]
 
 ENV_ALLOW_REFERENCE = "RETINAKIT_ALLOW_REFERENCE_OPS"
 REBUILD_HINT = (
@@ -57,7 +56,7 @@ def extension_available() -> bool:
     return _try_load()
 
 
-def load_error() -> Optional[str]:
+def load_error() -> str | None:
     """Why the extension did not load (``None`` when it did)."""
     _try_load()
     return _STATE["error"]

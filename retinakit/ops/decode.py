@@ -1,7 +1,7 @@
 """Fused RetinaNet decode: ``torch.ops.retinakit.decode_detections``."""
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -23,7 +23,7 @@ def decode_detections(
     scale_clamp: float = 4.135166556742356,
     *,
     allow_reference: bool = False,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Threshold, per-level top-k, delta decode and clip for a batch of images, in one call.
 
     Per image and level ``l``: scores ``sigmoid(cls_logits)`` flattened in ``(h, w, a, k)``

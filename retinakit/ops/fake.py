@@ -6,13 +6,13 @@ static shapes.
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 
-def _num_kept(n: "int | torch.SymInt") -> "torch.SymInt":
+def _num_kept(n: int | torch.SymInt) -> torch.SymInt:
     """An unbacked size in ``[0, n]`` for the data-dependent number of kept boxes."""
     ctx = torch.library.get_ctx()
     return ctx.new_dynamic_size(max=n) if isinstance(n, int) else ctx.new_dynamic_size()
@@ -34,7 +34,7 @@ def _batched_nms_fake(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold
 @torch.library.register_fake("retinakit::soft_nms")
 def _soft_nms_fake(
     boxes: Tensor, scores: Tensor, idxs: Tensor, method: str, sigma: float, iou_threshold: float, score_threshold: float
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     k = _num_kept(boxes.shape[0])
     out_dtype = torch.float64 if boxes.dtype == torch.float64 else torch.float32
     return boxes.new_empty((k,), dtype=torch.int64), boxes.new_empty((k,), dtype=out_dtype)
@@ -42,15 +42,15 @@ def _soft_nms_fake(
 
 @torch.library.register_fake("retinakit::decode_detections")
 def _decode_fake(
-    cls_logits: List[Tensor],
-    box_deltas: List[Tensor],
-    anchors: List[Tensor],
+    cls_logits: list[Tensor],
+    box_deltas: list[Tensor],
+    anchors: list[Tensor],
     image_sizes: Tensor,
     score_thresh: float,
     topk: int,
     weights: Sequence[float],
     scale_clamp: float,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     n = cls_logits[0].shape[0]
     m = 0
     for t in cls_logits:
@@ -76,7 +76,7 @@ def _multiclass_fake(
     soft_method: str,
     soft_sigma: float,
     soft_score_threshold: float,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     n = boxes.shape[0]
     return (
         boxes.new_empty((n, max_detections, 4), dtype=torch.float32),

@@ -7,15 +7,13 @@ under autocast, float16/bfloat16 boxes and scores are computed in float32.
 """
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 from torch import Tensor
 
 from . import reference
 from ._ext import use_compiled
 
-__all__ = ["nms", "batched_nms", "soft_nms", "multiclass_nms"]
+__all__ = ["batched_nms", "multiclass_nms", "nms", "soft_nms"]
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, allow_reference: bool = False) -> Tensor:
@@ -63,7 +61,7 @@ def soft_nms(
     score_threshold: float = 0.001,
     *,
     allow_reference: bool = False,
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Per-category soft-NMS (Bodla et al. 2017).
 
     Args:
@@ -97,7 +95,7 @@ def multiclass_nms(
     soft_score_threshold: float = 0.001,
     *,
     allow_reference: bool = False,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """NMS of a batch of padded candidate sets, one call for all images (no host sync).
 
     Args:

@@ -13,7 +13,8 @@ are the same. Needs ``onnxscript`` (``pip install retinakit[deploy]``).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -48,7 +49,7 @@ def nms_to_onnx(boxes: Any, scores: Any, iou_threshold: float) -> Any:
     return op.Reshape(idx, op.Constant(value_ints=[-1]))
 
 
-def custom_translation_table() -> Dict[Any, Callable[..., Any]]:
+def custom_translation_table() -> dict[Any, Callable[..., Any]]:
     """``{torch.ops.retinakit.nms.default: nms_to_onnx}`` for ``torch.onnx.export(dynamo=True)``.
 
     Loads the compiled extension (the op must exist to be exported).

@@ -19,19 +19,19 @@ Conventions shared by all NMS ops:
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "box_iou_matrix",
-    "nms",
     "batched_nms",
-    "soft_nms",
+    "box_iou_matrix",
     "decode_detections",
-    "select_candidates",
     "multiclass_nms",
+    "nms",
+    "select_candidates",
+    "soft_nms",
 ]
 
 
@@ -60,13 +60,13 @@ def _sorted_finite(scores: Tensor) -> Tensor:
     return cand[order]
 
 
-def _greedy(iou_gt: "torch.Tensor") -> List[int]:
+def _greedy(iou_gt: torch.Tensor) -> list[int]:
     """Greedy suppression over a [n, n] bool matrix ``iou > thr`` of score-ordered boxes."""
     import numpy as np
 
     m = iou_gt.cpu().numpy()
     rem = np.zeros(m.shape[0], dtype=bool)
-    keep: List[int] = []
+    keep: list[int] = []
     for i in range(m.shape[0]):
         if rem[i]:
             continue
@@ -113,7 +113,7 @@ def soft_nms(
     sigma: float = 0.5,
     iou_threshold: float = 0.3,
     score_threshold: float = 0.001,
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Reference of :func:`retinakit.ops.soft_nms` (per-category soft-NMS).
 
     Repeatedly selects the remaining box with the highest current score (ties: lower index),
@@ -154,14 +154,14 @@ def soft_nms(
 
 def select_candidates(
     cls_logits: Sequence[Tensor], score_thresh: float, topk: int
-) -> List[List[Tuple[Tensor, Tensor]]]:
+) -> list[list[tuple[Tensor, Tensor]]]:
     """Per image, per level: ``(flat_idx [k], scores [k])`` of the top-k sigmoid scores > thresh.
 
     ``flat_idx`` indexes the level flattened as ``(h, w, a, k)``; order: decreasing score,
     ties by lower index. Scores are float32.
     """
     n_img = cls_logits[0].shape[0] if cls_logits else 0
-    out: List[List[Tuple[Tensor, Tensor]]] = []
+    out: list[list[tuple[Tensor, Tensor]]] = []
     for n in range(n_img):
         per_level = []
         for logits in cls_logits:
@@ -212,7 +212,7 @@ def decode_detections(
     topk: int,
     weights: Sequence[float],
     scale_clamp: float,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Reference of :func:`retinakit.ops.decode_detections` (same inputs and packed outputs)."""
     n_img = cls_logits[0].shape[0]
     dev = cls_logits[0].device
@@ -252,7 +252,7 @@ def multiclass_nms(
     soft_method: str = "gaussian",
     soft_sigma: float = 0.5,
     soft_score_threshold: float = 0.001,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Reference of :func:`retinakit.ops.multiclass_nms` (same inputs and padded outputs)."""
     n_img = boxes.shape[0]
     dev = boxes.device

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_postprocess_helpers import MiniDeltaCoder, make_heads, torchvision_postprocess
 
 from retinakit import ops
-from retinakit.modeling.postprocess import POSTPROCESSOR_REGISTRY, RetinaNetPostProcessor
-from test_postprocess_helpers import MiniDeltaCoder, make_heads, torchvision_postprocess
+from retinakit.modeling.postprocess import (
+    POSTPROCESSOR_REGISTRY,
+    RetinaNetPostProcessor,
+)
 
 REF = not ops.extension_available()  # without the extension, test the reference path explicitly
 
@@ -54,7 +57,7 @@ def test_other_nms_types_match_reference(nms_type):
     )
     (inst,) = pp(cls, box, anchors, sizes)
     b, s, c, nv = ops.reference.decode_detections(cls, box, anchors, torch.tensor(sizes), 0.05, 300, [1.0] * 4, pp.box_coder.scale_clamp)
-    rb, rs, rc, rn = ops.reference.multiclass_nms(b, s, c, nv, nms_type, 0.5, 100)
+    _, rs, rc, rn = ops.reference.multiclass_nms(b, s, c, nv, nms_type, 0.5, 100)
     d = int(rn[0])
     assert len(inst) == d > 0
     assert torch.equal(inst.pred_classes, rc[0, :d])

@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import math
 import types
-from typing import List, Tuple
 
 import torch
 from torch import Tensor
+
+SCALE_CLAMP = math.log(1000.0 / 16)
 
 
 class MiniDeltaCoder:
     """Minimal copy of DeltaXYWHBoxCoder (torchvision semantics) for tests."""
 
-    def __init__(self, weights=(1.0, 1.0, 1.0, 1.0), scale_clamp=math.log(1000.0 / 16), fused=True):
+    def __init__(self, weights=(1.0, 1.0, 1.0, 1.0), scale_clamp=SCALE_CLAMP, fused=True):
         self.weights = tuple(weights)
         self.scale_clamp = scale_clamp
         if not fused:
@@ -41,7 +42,7 @@ def make_anchors(h: int, w: int, stride: int, size: float) -> Tensor:
 
 
 def make_heads(
-    n: int, img_hw: Tuple[int, int], num_classes: int = 80, seed: int = 0, mean: float = -5.0, std: float = 1.0,
+    n: int, img_hw: tuple[int, int], num_classes: int = 80, seed: int = 0, mean: float = -5.0, std: float = 1.0,
     dtype: torch.dtype = torch.float32, levels: int = 5,
 ):
     """Random NCHW head outputs + anchors for P3..P(2+levels) of an ``img_hw`` image."""
@@ -57,7 +58,7 @@ def make_heads(
     return cls, box, anchors
 
 
-def to_torchvision_layout(cls: List[Tensor], box: List[Tensor], num_anchors: int = 9):
+def to_torchvision_layout(cls: list[Tensor], box: list[Tensor], num_anchors: int = 9):
     """NCHW -> torchvision's per-level [N, H*W*A, K] / [N, H*W*A, 4]."""
     out_c, out_b = [], []
     for c, b in zip(cls, box):

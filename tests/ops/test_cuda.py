@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from rk_ops_testutils import KINDS, has_cuda, random_boxes, with_nonfinite
 
 from retinakit import ops
-from rk_ops_testutils import KINDS, has_cuda, random_boxes, with_nonfinite
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not has_cuda, reason="needs a CUDA GPU and the built extension")]
 

@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
+from rk_ops_testutils import needs_ext, random_boxes, with_nonfinite
 
 from retinakit import ops
-from rk_ops_testutils import needs_ext, random_boxes, with_nonfinite
 
 pytestmark = needs_ext
 CLAMP = math.log(1000.0 / 16)

@@ -6,9 +6,9 @@ import itertools
 import pytest
 import torch
 import torchvision
+from rk_ops_testutils import KINDS, needs_ext, random_boxes, with_nonfinite
 
 from retinakit import ops
-from rk_ops_testutils import KINDS, needs_ext, random_boxes, with_nonfinite
 
 pytestmark = needs_ext
 SIZES = (0, 1, 2, 17, 300, 2000)

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import torch
+from rk_ops_testutils import needs_ext, random_boxes
 
 from retinakit import ops
-from rk_ops_testutils import needs_ext, random_boxes
 
 pytestmark = needs_ext
 

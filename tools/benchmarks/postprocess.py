@@ -23,7 +23,8 @@ import statistics
 import sys
 import time
 import types
-from typing import Any, Callable, Dict, List, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -55,7 +56,7 @@ class _Coder:
     weights = (1.0, 1.0, 1.0, 1.0)
     scale_clamp = SCALE_CLAMP
 
-    def fused_decode_params(self) -> Tuple[Tuple[float, ...], float]:
+    def fused_decode_params(self) -> tuple[tuple[float, ...], float]:
         return self.weights, self.scale_clamp
 
 
@@ -71,7 +72,7 @@ def make_anchors(h: int, w: int, stride: int) -> Tensor:
     return (shifts + base[None]).reshape(-1, 4)
 
 
-def make_heads(n: int, img_hw: Tuple[int, int], k: int, seed: int, objects: int = 25):
+def make_heads(n: int, img_hw: tuple[int, int], k: int, seed: int, objects: int = 25):
     """NCHW logits/deltas + anchors. Background ~ N(-6.5, 1); each object is a 3x3-location
     blob of one class on one or two adjacent levels with logits ~ N(-1, 1.5)."""
     g = torch.Generator().manual_seed(seed)
@@ -97,7 +98,7 @@ def make_heads(n: int, img_hw: Tuple[int, int], k: int, seed: int, objects: int 
     return cls, box, anchors
 
 
-def _tv_layout(cls: List[Tensor], box: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+def _tv_layout(cls: list[Tensor], box: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
     out_c, out_b = [], []
     for c, b in zip(cls, box):
         n, ak, h, w = c.shape
@@ -160,7 +161,7 @@ def retinakit_fn(cls, box, anchors, sizes) -> Callable[[], Any]:
     return lambda: pp(cls, box, anchors, sizes)
 
 
-def _time(fn: Callable[[], Any], repeats: int, warmup: int, sync: Callable[[], None]) -> List[float]:
+def _time(fn: Callable[[], Any], repeats: int, warmup: int, sync: Callable[[], None]) -> list[float]:
     for _ in range(warmup):
         fn()
     sync()
