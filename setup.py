@@ -60,9 +60,15 @@ def get_extensions():
 
 EXTRAS = {
     "dev": ["pytest>=7", "hypothesis", "ruff", "mypy", "pytest-timeout"],
-    "deploy": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript"],
+    # NVIDIA Model Optimizer (FP16 autocast, INT8 Q/DQ PTQ) with its ONNX helpers listed by hand:
+    # nvidia-modelopt[onnx] would pin onnx~=1.21 / onnxruntime-gpu~=1.24 / cupy (docs/deployment.md).
+    "deploy": [
+        "onnx>=1.16", "onnxruntime>=1.18", "onnxscript",
+        "nvidia-modelopt>=0.47,<0.48", "onnx-graphsurgeon>=0.6.1", "onnxconverter-common>=1.16",
+        "onnxslim", "polygraphy", "lief", "cppimport",
+    ],
     "dali": ["nvidia-dali-cuda130"],
-    "tensorrt": ["tensorrt>=10", "cuda-python>=12"],
+    "tensorrt": ["tensorrt>=10,<12", "cuda-python>=12.6"],
 }
 
 setup(

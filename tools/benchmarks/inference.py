@@ -1,0 +1,118 @@
+"""Inference: torchvision RetinaNet vs retinakit eager, ONNX Runtime FP32 and INT8 Q/DQ (batch 1).
+
+R50-FPN (configs/COCO-Detection/retinanet_R_50_FPN_torchvision.yaml, torchvision's exact
+architecture) at 800 px: torchvision's ``retinanet_resnet50_fpn`` with seeded random
+weights, the same weights converted into retinakit, and retinakit's end-to-end ONNX export
+(FP32, and INT8 Q/DQ made by NVIDIA Model Optimizer, "max" calibration on a few synthetic
+images at the same size). Every variant runs the whole pipeline on one uint8 image (model
+preprocessing, backbone, head, decode, NMS) in the same process, one after the other; each
+figure is the median of ``--repeats`` timed runs after ``--warmup`` runs, with the
+inter-quartile range. Ratios are torchvision's median / variant's median (> 1: faster).
+
+    python tools/benchmark.py inference [--size 800 1216] [--repeats 15] [--threads 2] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict, List
+
+import numpy as np
+import torch
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+CONFIG = os.path.join(_ROOT, "configs", "COCO-Detection", "retinanet_R_50_FPN_torchvision.yaml")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config-file", default=CONFIG, help="retinakit config equal to torchvision's architecture")
+    p.add_argument("--size", type=int, nargs=2, default=(800, 1216), metavar=("H", "W"), help="input image size")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads")
+    p.add_argument("--skip-int8", action="store_true", help="skip the INT8 Q/DQ model (calibration takes minutes)")
+    p.add_argument("--calibration-images", type=int, default=4)
+    p.add_argument("--json", default="", help="also write the results here")
+
+
+def _time(fn: Callable[[], Any], warmup: int, repeats: int) -> Dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1000.0)
+    q1, q3 = np.percentile(ts, [25, 75])
+    return {"median_ms": statistics.median(ts), "iqr_ms": float(q3 - q1), "min_ms": min(ts)}
+
+
+def _image(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """A uint8 ``[3, H, W]`` image with smooth background and a few bright rectangles."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.nn.functional.interpolate(torch.rand(1, 3, h // 32, w // 32, generator=g), size=(h, w), mode="bilinear")[0] * 160
+    for _ in range(12):
+        y, x = int(torch.randint(0, h - 100, (1,), generator=g)), int(torch.randint(0, w - 100, (1,), generator=g))
+        img[:, y : y + 80, x : x + 90] = torch.rand(3, 1, 1, generator=g) * 255
+    return img.clamp(0, 255).to(torch.uint8)
+
+
+def main(args: argparse.Namespace) -> int:
+    import torchvision
+
+    from retinakit.checkpoint.model_loading import load_model_weights
+    from retinakit.config import get_cfg
+    from retinakit.export import calibration_arrays, export_onnx, load_predictor, model_metadata, quantize_int8
+    from retinakit.modeling import build_model
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    tv = torchvision.models.detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None).eval()
+    cfg = get_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.MODEL.DEVICE = "cpu"
+    rk = build_model(cfg).eval()
+    load_model_weights(rk, {"model": tv.state_dict()}, "torchvision retinanet_resnet50_fpn (random)")
+    h, w = args.size
+    img = _image(h, w)
+    results: Dict[str, Dict[str, float]] = {}
+    with torch.inference_mode():
+        results["torchvision eager"] = _time(lambda: tv([img.float() / 255.0]), args.warmup, args.repeats)
+        results["retinakit eager"] = _time(lambda: rk([{"image": img}]), args.warmup, args.repeats)
+        rk_cl = rk.to(memory_format=torch.channels_last)
+        results["retinakit eager channels_last"] = _time(lambda: rk_cl([{"image": img}]), args.warmup, args.repeats)
+        rk = rk.to(memory_format=torch.contiguous_format)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = os.path.join(tmp, "model.onnx")
+        export_onnx(rk, fp32, example_size=(1, h, w), metadata=model_metadata(cfg, rk))
+        pred = load_predictor(fp32, threads=args.threads)
+        results["retinakit ONNX Runtime FP32"] = _time(lambda: pred([img]), args.warmup, args.repeats)
+        if not args.skip_int8:
+            cal_dir = os.path.join(tmp, "cal")
+            os.makedirs(cal_dir)
+            from PIL import Image
+
+            for i in range(args.calibration_images):
+                Image.fromarray(_image(h, w, seed=100 + i).permute(1, 2, 0).numpy()).save(os.path.join(cal_dir, f"{i}.png"))
+            data = calibration_arrays(cfg, cal_dir, args.calibration_images, pred.metadata["size_divisibility"])
+            int8 = quantize_int8(fp32, os.path.join(tmp, "int8.onnx"), calibration_data=data, method="max")
+            pred8 = load_predictor(int8, threads=args.threads)
+            results["retinakit ONNX Runtime INT8 Q/DQ"] = _time(lambda: pred8([img]), args.warmup, args.repeats)
+    base = results["torchvision eager"]["median_ms"]
+    print(f"batch 1, {h}x{w}, {args.threads} threads, median of {args.repeats} (IQR), speed-up vs torchvision eager")
+    print(f"{'variant':36s} {'median ms':>10s} {'IQR ms':>8s} {'speed-up':>9s}")
+    for name, r in results.items():
+        r["speedup_vs_torchvision"] = base / r["median_ms"]
+        print(f"{name:36s} {r['median_ms']:10.1f} {r['iqr_ms']:8.1f} {r['speedup_vs_torchvision']:8.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"size": [h, w], "threads": args.threads, "repeats": args.repeats, "results": results}, f, indent=2)
+    return 0
