@@ -2,7 +2,7 @@
 """The quickstart (what `make demo` runs): train RetinaNet on the built-in "shapes" dataset,
 evaluate it, and draw the results. Runs on a CPU in a few minutes.
 
-    python tools/demo.py [--config-file configs/quickstart/retinanet_R18_shapes.yaml]
+    python tools/demo.py [--config-file configs/quickstart/retinanet_R10_shapes.yaml]
                          [--output-dir output/quickstart] [--fresh] [--check] [KEY VALUE ...]
 
 Steps: (1) generate the dataset (once, cached), (2) train (an interrupted demo resumes;
@@ -22,7 +22,7 @@ from typing import Any, Dict, List
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CFG = os.path.join(REPO, "configs", "quickstart", "retinanet_R18_shapes.yaml")
+DEFAULT_CFG = os.path.join(REPO, "configs", "quickstart", "retinanet_R10_shapes.yaml")
 TARGET = {"AP": 0.5, "AP50": 0.8}
 
 

@@ -39,7 +39,7 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
     --dist-url`` and trailing ``KEY VALUE`` config overrides."""
     p = argparse.ArgumentParser(
         epilog=epilog
-        or "Examples:\n  python tools/train_net.py --config-file configs/quickstart/retinanet_R18_shapes.yaml\n"
+        or "Examples:\n  python tools/train_net.py --config-file configs/quickstart/retinanet_R10_shapes.yaml\n"
         "  python tools/train_net.py --config-file CFG --num-gpus 8 SOLVER.IMS_PER_BATCH 16\n"
         "  python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS out/model_final.pth",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -290,7 +290,7 @@ class DefaultTrainer(TrainerBase):
             self._ema = hooks.EMAHook(self.model, cfg.SOLVER.EMA.DECAY)
             out.append(self._ema)
         out.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self._eval_function))
-        if cfg.TEST.BEST_METRIC and comm.is_main_process():
+        if cfg.TEST.BEST_METRIC:  # on every rank: saving is collective (RNG states are gathered)
             out.append(hooks.BestCheckpointer(self.checkpointer, cfg.TEST.BEST_METRIC, cfg.TEST.BEST_MODE))
         for name in cfg.HOOKS:
             out.append(hooks.HOOK_REGISTRY.get(name)(cfg, self))

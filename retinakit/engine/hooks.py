@@ -184,6 +184,9 @@ class EvalHook(HookBase):
     def _do_eval(self) -> None:
         with _preserved_rng():
             results = self.eval_function() or {}
+        # Results exist on the main process only; share them so that every rank logs the
+        # same values and hooks reading them (BestCheckpointer) act together.
+        results = comm.all_gather(results)[0]
         flat = flatten_results(results)
         self.last_results = flat
         if flat:

@@ -244,12 +244,18 @@ class SimpleTrainer(TrainerBase):
         self._write_metrics(totals, data_time)
 
     def _check_finite(self, loss_dict: Dict[str, torch.Tensor], batch: Any) -> None:
+        """Raise NonFiniteLossError on every rank if any rank's loss is NaN/Inf (before backward,
+        so no rank is left waiting in DDP's gradient all-reduce)."""
         total = sum(loss_dict.values())
-        if bool(torch.isfinite(total)):
+        finite = torch.isfinite(total.detach()).to(torch.int32).reshape(1)
+        if comm.get_world_size() > 1:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if bool(finite.item()):
             return
         values = {k: float(v.detach()) for k, v in loss_dict.items()}
+        local = "non-finite here" if not bool(torch.isfinite(total)) else "finite here; non-finite on another rank"
         raise NonFiniteLossError(
-            f"Loss became non-finite at iteration {self.iter}: {values}. "
+            f"Loss became non-finite at iteration {self.iter}: {values} ({local}). "
             f"Image ids of the batch (rank {comm.get_rank()}): {_image_ids(batch)}. "
             "Training stopped; the last checkpoint written before this iteration is intact. "
             "Check these images' boxes, or lower SOLVER.BASE_LR / raise SOLVER.WARMUP_ITERS."
