@@ -111,7 +111,7 @@ def test_detectron2_every_depth_loads_completely(depth):
     torch.testing.assert_close(model.backbone.lateral_convs[2].conv.weight, sd["backbone.fpn_lateral5.weight"])
 
 
-@pytest.mark.parametrize("name", ["ResNet18FPN", "ResNet34FPN", "ResNet50FPN", "ResNet101FPN", "ResNet152FPN"])
+@pytest.mark.parametrize("name", ["ResNet18FPN", "ResNet34FPN", "ResNet50FPN", "ResNet101FPN", "ResNet152FPN", "ResNeXt50_32x4dFPN"])
 def test_odtk_every_backbone_loads_completely(name):
     odtk = OdtkRetinaNet(name, classes=2)
     ckpt = odtk.checkpoint()

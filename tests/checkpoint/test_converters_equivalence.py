@@ -240,9 +240,9 @@ class OdtkRetinaNet(nn.Module):
         super().__init__()
         import torchvision
 
-        depth = int("".join(ch for ch in name.split("FPN")[0] if ch.isdigit()))
-        factory = getattr(torchvision.models, f"resnet{depth}")
-        features = factory(weights=None)
+        arch = name[: -len("FPN")].lower()  # ResNet50FPN -> resnet50, ResNeXt50_32x4dFPN -> resnext50_32x4d
+        depth = int(arch.split("_")[0].lstrip("resnxt"))
+        features = getattr(torchvision.models, arch)(weights=None)
         channels = [128, 256, 512] if depth < 50 else [512, 1024, 2048]
         self.backbones = nn.ModuleDict({name: OdtkFPN(features, channels)})
         self.ratios, self.scales, self.classes = list(ratios), list(scales), classes
