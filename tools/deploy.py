@@ -67,8 +67,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"Weights file '{args.weights}' does not exist.")
     if args.int8 and not args.calibration_images and not (args.calibration_cache and os.path.isfile(args.calibration_cache)):
         raise UserError("--int8 needs --calibration-images DIR, or an existing --calibration-cache FILE to reuse.")
-    if args.calibration_images and not os.path.isdir(args.calibration_images):
-        raise UserError(f"Calibration folder '{args.calibration_images}' does not exist.")
+    if args.calibration_images:
+        from retinakit.export import list_images
+
+        list_images(args.calibration_images)  # missing or image-less folder: fail before exporting
     if args.verify and not (args.val_images and args.val_annotations):
         raise UserError("--verify needs --val-images DIR and --val-annotations JSON.")
 
@@ -92,6 +94,11 @@ def export_all(args: argparse.Namespace, cfg: Any, model: Any) -> List[tuple]:
 
     os.makedirs(args.output, exist_ok=True)
     meta = model_metadata(cfg, model)
+    data = None
+    method = args.calibration_method or cfg.EXPORT.INT8.CALIBRATION_METHOD
+    if args.int8 and args.calibration_images:  # read (and check) the images before the slow steps
+        n = cfg.EXPORT.INT8.NUM_IMAGES if args.num_calibration_images is None else args.num_calibration_images
+        data = calibration_arrays(cfg, args.calibration_images, n, meta["size_divisibility"])
     fp32 = os.path.join(args.output, "model.onnx")
     logger.info(f"Exporting {cfg.EXPORT.MODE} ONNX to {fp32}")
     h, w = cfg.EXPORT.EXAMPLE_SIZE
@@ -104,12 +111,8 @@ def export_all(args: argparse.Namespace, cfg: Any, model: Any) -> List[tuple]:
         out.append(("fp16", convert_fp16(fp32, path)))
     if args.int8:
         path = os.path.join(args.output, "model_int8.onnx")
-        method = args.calibration_method or cfg.EXPORT.INT8.CALIBRATION_METHOD
         cache = args.calibration_cache or os.path.join(args.output, "calibration.cache")
-        data = None
-        if args.calibration_images:
-            n = cfg.EXPORT.INT8.NUM_IMAGES if args.num_calibration_images is None else args.num_calibration_images
-            data = calibration_arrays(cfg, args.calibration_images, n, meta["size_divisibility"])
+        if data is not None:
             logger.info(f"INT8 calibration ({method}) on {len(data['images'])} images")
         else:
             logger.info(f"INT8 from calibration cache {cache} (no images)")
