@@ -241,3 +241,21 @@ def test_check_config_flags_configs_the_weights_cannot_work_with():
     problems = check_config(od, _cfg(d2["config"]))
     assert {p.split(":")[0] for p in problems} >= {"MODEL.ANCHOR_GENERATOR.OFFSET", "MODEL.RETINANET.BOX_CODER_NAME",
                                                    "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "INPUT.FORMAT"}
+
+
+def test_converted_odtk_model_fine_tunes():
+    """A train step with the converted ODTK config (legacy box coder in the loss) gives finite losses."""
+    from retinakit.structures import Boxes, Instances
+
+    odtk = OdtkRetinaNet("ResNet18FPN", classes=3)
+    ckpt = odtk.checkpoint()
+    out, info = convert("odtk", ckpt["state_dict"], checkpoint=ckpt)
+    model = model_from_info(info, extra=["MODEL.RETINANET.NUM_CLASSES", 2])  # fine-tune to 2 classes
+    report = load_model_weights(model, {"model": out})
+    assert [k for k, _, _ in report.skipped_class_specific] == ["head.cls_score.weight", "head.cls_score.bias"]
+    model.train()
+    gt = Instances((128, 128), gt_boxes=Boxes(torch.tensor([[10.0, 20.0, 70.0, 90.0]])), gt_classes=torch.tensor([1]))
+    losses = model([{"image": torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8), "instances": gt}])
+    assert set(losses) == {"loss_cls", "loss_box_reg"}
+    sum(losses.values()).backward()
+    assert all(math.isfinite(float(v.detach())) for v in losses.values()) and float(losses["loss_box_reg"].detach()) > 0
