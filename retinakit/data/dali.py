@@ -223,11 +223,17 @@ class DaliLoader:
         pending: collections.deque = collections.deque()
         source = self._source(self._batches(), pending)
         pipe = _build_pipeline(source, self.batch_size, self.device_id, self.num_threads, self.prefetch, self.image_format)
-        while True:
-            batch = self._run(pipe, pending)
-            if batch is None:
-                return
-            yield batch
+        try:
+            while True:
+                batch = self._run(pipe, pending)
+                if batch is None:
+                    return
+                yield batch
+        finally:  # stop DALI's threads now (an error or an abandoned iterator), not at some later GC
+            shutdown = getattr(pipe, "_shutdown", None)
+            if shutdown is not None:
+                shutdown()
+            del pipe
 
 
 def build_dali_train_loader(cfg: Any, dataset: list[dict], batch_size: int, seed: int, start_iter: int = 0) -> DaliLoader:

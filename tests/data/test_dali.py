@@ -15,6 +15,7 @@ from retinakit.data import (
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
+    get_train_dataset_names,
 )
 from retinakit.data.dali import DaliLoader, build_dali_test_loader, dali_available
 from retinakit.data.samplers import InferenceSampler
@@ -57,6 +58,7 @@ def parity_cfg(tmp_path):
     cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.RANDOM_FLIP = (96,), 1000, "none"
     cfg.SOLVER.IMS_PER_BATCH, cfg.SEED, cfg.DATALOADER.NUM_WORKERS = 3, 1, 0
     cfg.DATALOADER.DALI.DEVICE = "cpu"
+    get_train_dataset_names(cfg)  # registers "cfg_train" for this test's files
     return cfg
 
 

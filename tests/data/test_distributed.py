@@ -1,4 +1,8 @@
-"""Two real gloo processes: per-rank train shards of one permutation, test shards without overlap."""
+"""Two real gloo processes: per-rank train shards of one permutation, test shards without overlap.
+
+The processes are forked from the test process, after the DALI tests ran in it: this also
+checks that finished or failed DALI loaders leave no threads behind (a fork with DALI's
+threads still alive deadlocks, as DataLoader workers would)."""
 import itertools
 import os
 import socket
