@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import BadImageError
+from .errors import BadImageError, DatasetError
 from .image_io import read_image
 from .mapper import annotations_to_instances
 from .samplers import (
@@ -158,9 +158,16 @@ class DaliLoader:
         self.indices, self.keep_instances, self.group = indices, keep_instances, group
         self.image_format, self.num_threads, self.prefetch = image_format, num_threads, prefetch
         self.device_id = _resolve_device(device)
+        self.seed, self.start_iter = seed, start_iter
         self.generator = torch.Generator().manual_seed(seed)
-        self.start_iter = start_iter
         _dali()
+        missing = next((d for d in dataset if not (d.get("height") and d.get("width"))), None)
+        if missing is not None:
+            raise DatasetError(
+                f"The DALI backend needs 'height' and 'width' in every dataset dict; image id {missing.get('image_id')} "
+                f"({missing.get('file_name')}) has none. Datasets loaded by load_coco_json always have them; "
+                "add them in your own dataset function, or use DATALOADER.BACKEND torch."
+            )
 
     def _batches(self) -> Iterator[list[int]]:
         """Batches of the sampler (aspect-grouped); the first ``start_iter`` are skipped,
@@ -221,6 +228,7 @@ class DaliLoader:
 
     def __iter__(self) -> Iterator[list[dict[str, Any]]]:
         pending: collections.deque = collections.deque()
+        self.generator = torch.Generator().manual_seed(self.seed)  # every pass draws the same parameters
         source = self._source(self._batches(), pending)
         pipe = _build_pipeline(source, self.batch_size, self.device_id, self.num_threads, self.prefetch, self.image_format)
         try:

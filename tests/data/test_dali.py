@@ -182,3 +182,15 @@ def test_bad_files_named(parity_cfg, tmp_path):
         with pytest.raises(BadImageError, match=expected) as e:
             list(build_dali_test_loader(parity_cfg, bad, batch_size=3))
         assert name in str(e.value) and "image id 2" in str(e.value)
+
+
+@needs_dali
+def test_repeatable_and_needs_sizes(parity_cfg):
+    from retinakit.data import DatasetError
+
+    parity_cfg.INPUT.MIN_SIZE_TRAIN, parity_cfg.INPUT.RANDOM_FLIP = (64, 80, 96), "horizontal"
+    dataset = get_detection_dataset_dicts("cfg_train")
+    loader = DaliLoader(dataset, DetectionTransform.from_config(parity_cfg, is_train=True), 4, range(8), group=False, device="cpu")
+    assert _compare(list(loader), list(loader)) == 8
+    with pytest.raises(DatasetError, match="needs 'height' and 'width'"):
+        DaliLoader([dict(dataset[0], height=None)], DetectionTransform([64], 100), 1, range(1), device="cpu")
