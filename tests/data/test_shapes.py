@@ -75,3 +75,14 @@ def test_boxes_are_tight_around_drawn_shapes():
             ys, xs = np.nonzero(np.asarray(img)[:, :, 0])
             found = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
             assert max(abs(a - b) for a, b in zip(found, box)) <= 1, (kind, s, found, box)
+
+
+def test_uniform_size_sampling_has_fewer_small_objects(tmp_path):
+    def small_fraction(sampling):
+        spec = ShapesSpec(num_images=30, image_size=128, seed=9, size_sampling=sampling)
+        coco = COCO(os.path.join(generate_shapes("t", spec, str(tmp_path)), "annotations.json"))
+        sides = np.array([max(a["bbox"][2:]) for a in coco.loadAnns(coco.getAnnIds())])
+        return (sides < 16).mean()
+
+    assert small_fraction("uniform") < small_fraction("log")
+    assert ShapesSpec().key() != ShapesSpec(size_sampling="uniform").key()

@@ -43,9 +43,14 @@ class ShapesSpec:
     max_object_frac: float = 0.4
     max_objects: int = 6
     seed: int = 0
+    # "log": sizes log-uniform (as many small as large objects); "uniform": linear (fewer small).
+    size_sampling: str = "log"
 
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "v": GENERATOR_VERSION}, sort_keys=True)
+        params = asdict(self)
+        if params["size_sampling"] == "log":  # the original default: keeps existing caches valid
+            params.pop("size_sampling")
+        blob = json.dumps({**params, "v": GENERATOR_VERSION}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
@@ -82,7 +87,7 @@ def _write(spec: ShapesSpec, out_dir: str) -> None:
     per_image = []
     for i in range(spec.num_images):
         rng = np.random.default_rng([spec.seed, i])
-        img, objects = draw_image(rng, s, s, spec.min_object, spec.max_object_frac * s, spec.max_objects)
+        img, objects = draw_image(rng, s, s, spec.min_object, spec.max_object_frac * s, spec.max_objects, size_sampling=spec.size_sampling)
         img.save(os.path.join(out_dir, "images", f"{i:06d}.png"), compress_level=1)
         per_image.append(objects)
     with open(os.path.join(out_dir, "annotations.json"), "w") as f:

@@ -77,16 +77,29 @@ def _covered(a: Box, b: Box) -> float:
     return iw * ih / ((a[2] - a[0]) * (a[3] - a[1]))
 
 
-def draw_image(rng: np.random.Generator, h: int, w: int, min_size: float, max_size: float, max_objects: int, max_occlusion: float = 0.5) -> tuple[Image.Image, list[tuple[int, Box]]]:
-    """One image and its ``[(class_index, box), ...]``. Object sizes are log-uniform in
-    ``[min_size, max_size]``; a new shape may cover at most ``max_occlusion`` of an earlier one."""
+def _size(rng: np.random.Generator, lo: float, hi: float, sampling: str) -> float:
+    if sampling == "log":
+        return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    if sampling == "uniform":
+        return float(rng.uniform(lo, hi))
+    raise ValueError(f"size_sampling must be 'log' or 'uniform', got {sampling!r}.")
+
+
+def draw_image(
+    rng: np.random.Generator, h: int, w: int, min_size: float, max_size: float, max_objects: int,
+    max_occlusion: float = 0.5, size_sampling: str = "log",
+) -> tuple[Image.Image, list[tuple[int, Box]]]:
+    """One image and its ``[(class_index, box), ...]``. Object sizes are drawn in
+    ``[min_size, max_size]``, log-uniformly ("log": as many 8-16 px as 32-64 px objects) or
+    uniformly ("uniform": fewer small ones); a new shape may cover at most ``max_occlusion``
+    of an earlier one."""
     img = Image.fromarray(background(rng, h, w))
     draw = ImageDraw.Draw(img)
     objects: list[tuple[int, Box]] = []
     count = 0 if rng.uniform() < 0.04 else int(rng.integers(1, max_objects + 1))  # ~4% negatives
     for _ in range(count):
         for _attempt in range(10):
-            s = math.exp(rng.uniform(math.log(min_size), math.log(max_size)))
+            s = _size(rng, min_size, max_size, size_sampling)
             cx, cy = rng.uniform(s / 2 + 1, w - s / 2 - 1), rng.uniform(s / 2 + 1, h - s / 2 - 1)
             guess = (int(cx - s / 2), int(cy - s / 2), int(cx + s / 2) + 1, int(cy + s / 2) + 1)
             if all(_covered(b, guess) <= max_occlusion and _covered(guess, b) < 0.9 for _, b in objects):
