@@ -10,8 +10,8 @@ def test_register_get_remove():
     try:
         assert DatasetCatalog.get("t_cat") == [{"image_id": 1}] and "t_cat" in DatasetCatalog.list()
         with pytest.raises(KeyError, match="already registered"):
-            DatasetCatalog.register("t_cat", lambda: [])
-        DatasetCatalog.register("t_cat", lambda: [], override=True)
+            DatasetCatalog.register("t_cat", list)
+        DatasetCatalog.register("t_cat", list, override=True)
         assert DatasetCatalog.get("t_cat") == []
         with pytest.raises(KeyError, match="Did you mean: t_cat"):
             DatasetCatalog.get("t_cta")
@@ -33,7 +33,7 @@ def test_metadata_lazy_once_and_conflicts():
     with pytest.raises(AttributeError, match="refusing to change"):
         m.thing_classes = ["c"]
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
-        m.nope
+        _ = m.nope
     assert m.get("nope", 3) == 3 and m.as_dict()["thing_classes"] == ["a", "b"]
     assert MetadataCatalog.get("t_meta") is MetadataCatalog.get("t_meta")
     MetadataCatalog.remove("t_meta")
