@@ -102,7 +102,8 @@ def get_detection_dataset_dicts(
     names = [names] if isinstance(names, str) else list(names)
     if not names:
         raise DatasetError("No dataset given: set DATASETS.TRAIN (registered names) or DATASETS.TRAIN_JSON/TRAIN_IMAGES.")
-    policies = {k: v for k, v in dict(on_bad_annotation=on_bad_annotation, on_bad_image=on_bad_image, check_image_files=check_image_files).items() if v is not None}
+    given = {"on_bad_annotation": on_bad_annotation, "on_bad_image": on_bad_image, "check_image_files": check_image_files}
+    policies = {k: v for k, v in given.items() if v is not None}
     dicts = list(itertools.chain.from_iterable(_load(n, policies) for n in names))
     _check_same_classes(names)
     if filter_empty:

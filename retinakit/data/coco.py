@@ -216,7 +216,7 @@ def register_coco_instances(
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
 
     def load(**overrides: Any) -> list[dict]:
-        kwargs = dict(on_bad_annotation=on_bad_annotation, on_bad_image=on_bad_image, check_image_files=check_image_files)
+        kwargs = {"on_bad_annotation": on_bad_annotation, "on_bad_image": on_bad_image, "check_image_files": check_image_files}
         kwargs.update(overrides)
         return load_coco_json(json_file, image_root, name, **kwargs)
 

@@ -39,7 +39,7 @@ def image_size(file_name: str, context: str = "") -> tuple[int, int]:
         w, h = img.size
         try:
             orientation = img.getexif().get(EXIF_ORIENTATION_TAG, 1)
-        except Exception:  # a broken EXIF block: the decoder will ignore it too
+        except Exception:  # noqa: BLE001 - a broken EXIF block of any kind: the decoder ignores it too
             orientation = 1
     return (w, h) if orientation in _SWAPPING_ORIENTATIONS else (h, w)
 

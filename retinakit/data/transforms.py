@@ -136,7 +136,7 @@ class DetectionTransform:
             return cls([cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST, resize=resize and cfg.INPUT.MIN_SIZE_TEST > 0)
         photo = cfg.INPUT.PHOTOMETRIC
         jitter = (
-            dict(brightness=photo.BRIGHTNESS, contrast=photo.CONTRAST, saturation=photo.SATURATION, hue=photo.HUE)
+            {"brightness": photo.BRIGHTNESS, "contrast": photo.CONTRAST, "saturation": photo.SATURATION, "hue": photo.HUE}
             if photo.ENABLED
             else None
         )
@@ -151,7 +151,7 @@ class DetectionTransform:
         )
 
 
-ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image, torch.Tensor]
+ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image, torch.Tensor]  # noqa: UP007 - runtime alias, Python 3.9
 
 
 class InferencePreprocessor:

@@ -30,6 +30,19 @@ def _blocky(h, w, seed):
     return np.kron(small, np.ones((4, 4, 1), np.uint8))[:h, :w]
 
 
+def _in_mode(arr, mode):
+    """A PIL image of ``arr`` (uint8 RGB) in ``mode``."""
+    if mode == "L":
+        return Image.fromarray(arr[:, :, 0])
+    if mode == "P":
+        return Image.fromarray(arr).quantize(32)
+    if mode == "RGBA":
+        return Image.fromarray(np.dstack([arr, arr[:, :, :1]]))
+    if mode == "I;16":
+        return Image.fromarray(arr[:, :, 0].astype(np.uint16) * 257)
+    return Image.fromarray(arr)
+
+
 def _write_dataset(root):
     """Images in several formats/modes and orientations + COCO JSON."""
     os.makedirs(os.path.join(root, "img"), exist_ok=True)
@@ -38,9 +51,7 @@ def _write_dataset(root):
     images, anns = [], []
     for i, (name, h, w, mode) in enumerate(specs):
         arr = _blocky(h, w, i)
-        img = {"RGB": lambda: Image.fromarray(arr), "L": lambda: Image.fromarray(arr[:, :, 0]),
-               "P": lambda: Image.fromarray(arr).quantize(32), "RGBA": lambda: Image.fromarray(np.dstack([arr, arr[:, :, :1]])),
-               "I;16": lambda: Image.fromarray(arr[:, :, 0].astype(np.uint16) * 257)}[mode]()
+        img = _in_mode(arr, mode)
         img.save(os.path.join(root, "img", name), **({"quality": 95} if name.endswith("jpg") else {}))
         images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
         anns.append({"id": 2 * i + 1, "image_id": i + 1, "category_id": 1, "bbox": [1.5, 2.0, w / 3, h / 4]})
