@@ -32,6 +32,7 @@ def small_split(tmp_path_factory):
     return os.path.join(d, "annotations.json"), os.path.join(d, "images")
 
 
+@pytest.mark.slow
 def test_report_suggest_png_and_json(tmp_path, small_split):
     js, images = small_split
     out = tmp_path / "out"
