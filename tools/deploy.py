@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any, List, Optional
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,7 +34,7 @@ EXIT_FAILED_CHECK = 1
 EXIT_USER_ERROR = 2
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", required=True, help="config the weights were trained with")
     p.add_argument("--weights", required=True, help="checkpoint (.pth / .safetensors)")
@@ -88,9 +88,15 @@ def _setup_cfg(args: argparse.Namespace) -> Any:
     return cfg
 
 
-def export_all(args: argparse.Namespace, cfg: Any, model: Any) -> List[tuple]:
+def export_all(args: argparse.Namespace, cfg: Any, model: Any) -> list[tuple]:
     """Write the ONNX artefacts; returns ``[(precision, path)]``."""
-    from retinakit.export import calibration_arrays, convert_fp16, export_onnx, model_metadata, quantize_int8
+    from retinakit.export import (
+        calibration_arrays,
+        convert_fp16,
+        export_onnx,
+        model_metadata,
+        quantize_int8,
+    )
 
     os.makedirs(args.output, exist_ok=True)
     meta = model_metadata(cfg, model)
@@ -121,7 +127,7 @@ def export_all(args: argparse.Namespace, cfg: Any, model: Any) -> List[tuple]:
     return out
 
 
-def build_engines(args: argparse.Namespace, cfg: Any, onnx_files: List[tuple], divisibility: int) -> List[tuple]:
+def build_engines(args: argparse.Namespace, cfg: Any, onnx_files: list[tuple], divisibility: int) -> list[tuple]:
     from retinakit.export.tensorrt import ShapeProfile, build_engine
 
     t = cfg.EXPORT.TENSORRT
@@ -138,11 +144,16 @@ def build_engines(args: argparse.Namespace, cfg: Any, onnx_files: List[tuple], d
     return engines
 
 
-def verify(args: argparse.Namespace, cfg: Any, model: Any, artefacts: List[tuple]) -> int:
+def verify(args: argparse.Namespace, cfg: Any, model: Any, artefacts: list[tuple]) -> int:
     from retinakit.data import build_inference_preprocess
     from retinakit.export import Predictor, load_predictor
     from retinakit.export.predictor import TorchBackend
-    from retinakit.export.verify import evaluate, format_table, load_valset, max_box_diff
+    from retinakit.export.verify import (
+        evaluate,
+        format_table,
+        load_valset,
+        max_box_diff,
+    )
 
     val = load_valset(args.val_images, args.val_annotations, args.max_val_images)
     logger.info(f"Verifying on {len(val.files)} images of {args.val_annotations}")
@@ -191,13 +202,19 @@ def run(args: argparse.Namespace) -> int:
 def user_error_types() -> tuple:
     from retinakit.config import ConfigError
     from retinakit.data.errors import DatasetError
-    from retinakit.export import CacheError, CalibrationError, MissingDependencyError, PredictorError
+    from retinakit.export import (
+        CacheError,
+        CalibrationError,
+        MissingDependencyError,
+        PredictorError,
+    )
 
     return (UserError, ConfigError, DatasetError, CacheError, CalibrationError, MissingDependencyError, PredictorError)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s %(levelname)s: %(message)s")
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(name)s %(levelname)s: %(message)s")
+    logging.getLogger("retinakit").setLevel(logging.INFO)
     args = parse_args(argv)
     try:
         return run(args)

@@ -18,7 +18,8 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -26,7 +27,7 @@ EXIT_USER_ERROR = 2
 logger = logging.getLogger("retinakit.infer")
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help=".pth (with --config-file), .onnx, .plan or .engine")
     p.add_argument("--config-file", default="", help="config of a .pth checkpoint")
@@ -47,7 +48,7 @@ class UserError(Exception):
     """Bad arguments or inputs: one message, exit code 2."""
 
 
-def image_items(args: argparse.Namespace) -> Tuple[List[Tuple[Any, Any, str]], Optional[Any]]:
+def image_items(args: argparse.Namespace) -> tuple[list[tuple[Any, Any, str]], Any | None]:
     """``[(image id, source, name)]`` and the validation set (with --annotations)."""
     from retinakit.export import list_images
     from retinakit.export.verify import load_valset
@@ -59,12 +60,12 @@ def image_items(args: argparse.Namespace) -> Tuple[List[Tuple[Any, Any, str]], O
     return [(k + 1, f, os.path.relpath(f, args.images)) for k, f in enumerate(files)], None
 
 
-def video_frames(path: str) -> Iterator[Tuple[int, Any, str]]:
+def video_frames(path: str) -> Iterator[tuple[int, Any, str]]:
     """``(frame index, HWC uint8 RGB array, name)`` of a video file."""
     if not os.path.isfile(path):
         raise UserError(f"Video file '{path}' does not exist.")
     try:
-        import av  # noqa: F401
+        import av
     except ImportError:
         raise UserError("Reading videos needs PyAV: pip install av.") from None
     import av
@@ -85,7 +86,7 @@ def _batches(items: Any, n: int) -> Iterator[list]:
         yield batch
 
 
-def draw(image: Any, inst: Any, names: Optional[List[str]], score_thresh: float, out_path: str) -> None:
+def draw(image: Any, inst: Any, names: list[str] | None, score_thresh: float, out_path: str) -> None:
     """Write ``image`` (path or HWC RGB array) with boxes of ``inst`` above ``score_thresh`` as PNG."""
     import numpy as np
     from PIL import Image, ImageDraw
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     val = None
     if args.images:
         items, val = image_items(args)
-        total: Optional[int] = len(items)
+        total: int | None = len(items)
     else:
         items, total = video_frames(args.video), None
     to_cat = val.to_dataset_id if val else None
@@ -143,12 +144,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     args = parse_args(argv)
     from retinakit.config import ConfigError
     from retinakit.data.errors import BadImageError, DatasetError
-    from retinakit.export import CalibrationError, MissingDependencyError, PredictorError
+    from retinakit.export import (
+        CalibrationError,
+        MissingDependencyError,
+        PredictorError,
+    )
 
     try:
         return run(args)

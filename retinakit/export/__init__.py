@@ -9,8 +9,19 @@ from ._deps import MissingDependencyError
 from .calib_cache import CacheError
 from .calibration import CalibrationError, calibration_arrays, list_images
 from .onnx import export_onnx, read_metadata
-from .predictor import Predictor, PredictorError, load_model, load_predictor, model_metadata
-from .quantize import CALIBRATION_METHODS, QuantizationError, convert_fp16, quantize_int8
+from .predictor import (
+    Predictor,
+    PredictorError,
+    load_model,
+    load_predictor,
+    model_metadata,
+)
+from .quantize import (
+    CALIBRATION_METHODS,
+    QuantizationError,
+    convert_fp16,
+    quantize_int8,
+)
 
 __all__ = [
     "CALIBRATION_METHODS",

@@ -11,14 +11,18 @@ import logging
 import os
 import sys
 import tempfile
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 
 
-def _percentile_cache(job: Dict[str, Any], data: Dict[str, np.ndarray], cache_path: str) -> None:
+def _percentile_cache(job: dict[str, Any], data: dict[str, np.ndarray], cache_path: str) -> None:
     """Percentile ranges with onnxruntime's calibrator, written as a TensorRT-style cache."""
-    from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.calibrate import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        create_calibrator,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -47,7 +51,7 @@ def _percentile_cache(job: Dict[str, Any], data: Dict[str, np.ndarray], cache_pa
     write_cache(cache_path, scales)
 
 
-def _int8(job: Dict[str, Any]) -> None:
+def _int8(job: dict[str, Any]) -> None:
     from modelopt.onnx.quantization import quantize
 
     data = dict(np.load(job["data"])) if job.get("data") else None
@@ -66,7 +70,7 @@ def _int8(job: Dict[str, Any]) -> None:
     )
 
 
-def _fp16(job: Dict[str, Any]) -> None:
+def _fp16(job: dict[str, Any]) -> None:
     import onnx
     from modelopt.onnx.autocast import convert_to_mixed_precision
 

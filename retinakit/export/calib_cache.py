@@ -7,9 +7,8 @@ TensorRT users know it, so the file can also be inspected or edited with their t
 from __future__ import annotations
 
 import struct
-from typing import Dict
 
-__all__ = ["CacheError", "read_cache", "write_cache", "scales_from_qdq_model"]
+__all__ = ["CacheError", "read_cache", "scales_from_qdq_model", "write_cache"]
 
 HEADER = "TRT-10000-EntropyCalibration2"
 
@@ -18,15 +17,14 @@ class CacheError(ValueError):
     """The calibration cache file is missing, malformed or does not fit the model."""
 
 
-def write_cache(path: str, scales: Dict[str, float], header: str = HEADER) -> None:
+def write_cache(path: str, scales: dict[str, float], header: str = HEADER) -> None:
     """Write ``{tensor_name: scale}``."""
     with open(path, "w") as f:
         f.write(header + "\n")
-        for name in sorted(scales):
-            f.write(f"{name}: {struct.pack('!f', float(scales[name])).hex()}\n")
+        f.writelines(f"{name}: {struct.pack('!f', float(scales[name])).hex()}\n" for name in sorted(scales))
 
 
-def read_cache(path: str) -> Dict[str, float]:
+def read_cache(path: str) -> dict[str, float]:
     """``{tensor_name: scale}`` of a cache file; :class:`CacheError` when unreadable."""
     try:
         with open(path) as f:
@@ -49,7 +47,7 @@ def read_cache(path: str) -> Dict[str, float]:
     return out
 
 
-def scales_from_qdq_model(model) -> Dict[str, float]:
+def scales_from_qdq_model(model) -> dict[str, float]:
     """Activation scales of a Q/DQ ``onnx.ModelProto``: ``{quantized tensor: scale}`` (weights excluded)."""
     from onnx import numpy_helper
 

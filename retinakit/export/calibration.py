@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["IMAGE_EXTENSIONS", "CalibrationError", "list_images", "calibration_arrays", "pad_batch"]
+__all__ = ["IMAGE_EXTENSIONS", "CalibrationError", "calibration_arrays", "list_images", "pad_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class CalibrationError(ValueError):
     """Calibration cannot run (no images, unreadable image, ...)."""
 
 
-def list_images(folder: str) -> List[str]:
+def list_images(folder: str) -> list[str]:
     """Sorted image files (by extension) in ``folder`` (recursive); errors when there are none."""
     if not folder or not os.path.isdir(folder):
         raise CalibrationError(f"Image folder '{folder}' does not exist or is not a directory.")
@@ -45,7 +45,7 @@ def list_images(folder: str) -> List[str]:
     return sorted(files)
 
 
-def pad_batch(tensors: List[torch.Tensor], divisibility: int) -> Tuple[np.ndarray, np.ndarray]:
+def pad_batch(tensors: list[torch.Tensor], divisibility: int) -> tuple[np.ndarray, np.ndarray]:
     """``uint8 [3, h_i, w_i]`` list -> ``images [N, 3, H, W]`` float32 (zero padded), ``sizes [N, 2]`` float32."""
     div = max(1, int(divisibility))
     h = max(int(t.shape[1]) for t in tensors)
@@ -59,7 +59,7 @@ def pad_batch(tensors: List[torch.Tensor], divisibility: int) -> Tuple[np.ndarra
     return out, sizes
 
 
-def calibration_arrays(cfg: Any, folder: str, num_images: int, divisibility: int) -> Dict[str, np.ndarray]:
+def calibration_arrays(cfg: Any, folder: str, num_images: int, divisibility: int) -> dict[str, np.ndarray]:
     """Inputs of the exported graph for ``num_images`` images of ``folder`` (evenly spaced if more).
 
     Returns ``{"images": [N, 3, H, W] float32, "image_sizes": [N, 2] float32}``.

@@ -8,14 +8,14 @@ the PyTorch model pads its normalised ``ImageList``: any padding value gives the
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .onnx_ops import nms_keep
 
-__all__ = ["EndToEndModule", "HeadsOnlyModule", "E2E_OUTPUTS"]
+__all__ = ["E2E_OUTPUTS", "EndToEndModule", "HeadsOnlyModule"]
 
 E2E_OUTPUTS = ("num_dets", "boxes", "scores", "classes")
 
@@ -31,7 +31,7 @@ class _Trunk(nn.Module):
         self.register_buffer("pixel_mean", model.preprocessor.pixel_mean.detach().clone().float(), persistent=False)
         self.register_buffer("pixel_std", model.preprocessor.pixel_std.detach().clone().float(), persistent=False)
 
-    def features(self, images: Tensor, image_sizes: Tensor) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
+    def features(self, images: Tensor, image_sizes: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """-> per level ``cls_logits [N, A*K, H_l, W_l]``, ``box_deltas [N, A*4, H_l, W_l]``, ``features``."""
         x = (images - self.pixel_mean) / self.pixel_std
         h, w = images.shape[-2], images.shape[-1]
@@ -50,7 +50,7 @@ class _Trunk(nn.Module):
 class HeadsOnlyModule(_Trunk):
     """Raw head outputs: ``cls_logits_i [N, A*K, H_i, W_i]`` then ``box_deltas_i [N, A*4, H_i, W_i]``."""
 
-    def forward(self, images: Tensor, image_sizes: Tensor) -> Tuple[Tensor, ...]:
+    def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, ...]:
         cls_logits, box_deltas, _ = self.features(images, image_sizes)
         return tuple(cls_logits) + tuple(box_deltas)
 
@@ -132,7 +132,7 @@ class EndToEndModule(_Trunk):
 
     def _level_candidates(
         self, level: int, logits: Tensor, deltas: Tensor, feat: Tensor, image_sizes: Tensor, image_hw: Sequence[int]
-    ) -> Tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Top-k of one level -> ``boxes [N, k, 4]``, ``scores [N, k]`` (-1 where invalid), ``classes [N, k]``."""
         n = logits.shape[0]
         k_cls = self.num_classes
@@ -153,7 +153,7 @@ class EndToEndModule(_Trunk):
         boxes = self._decode(d, anchors, image_sizes)
         return boxes, torch.where(valid, top_scores, torch.full_like(top_scores, -1.0)), classes
 
-    def forward(self, images: Tensor, image_sizes: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         cls_logits, box_deltas, feats = self.features(images, image_sizes)
         image_hw = (images.shape[-2], images.shape[-1])
         parts = [

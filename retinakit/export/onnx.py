@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from torch import nn
 from ._deps import require
 from .modules import E2E_OUTPUTS, EndToEndModule, HeadsOnlyModule
 
-__all__ = ["export_onnx", "read_metadata", "write_metadata", "MAX_IR_VERSION"]
+__all__ = ["MAX_IR_VERSION", "export_onnx", "read_metadata", "write_metadata"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def _example_inputs(model: nn.Module, batch: int, height: int, width: int) -> tu
     return images, sizes
 
 
-def output_names(model: nn.Module, mode: str) -> List[str]:
+def output_names(model: nn.Module, mode: str) -> list[str]:
     """Named outputs of the exported graph."""
     if mode == "e2e":
         return list(E2E_OUTPUTS)
@@ -54,7 +54,7 @@ def export_onnx(
     mode: str = "e2e",
     opset: int = 18,
     example_size: tuple = (2, 320, 320),
-    metadata: Optional[Dict[str, Any]] = None,
+    metadata: dict[str, Any] | None = None,
     legacy: bool = False,
 ) -> str:
     """Export ``model`` (a built ``RetinaNet``, eval mode) to ``path``.
@@ -111,7 +111,7 @@ def export_onnx(
     return path
 
 
-def write_metadata(proto: Any, meta: Dict[str, Any]) -> None:
+def write_metadata(proto: Any, meta: dict[str, Any]) -> None:
     """Store ``meta`` (JSON) in ``proto.metadata_props["retinakit"]`` (replacing an old entry)."""
     for i in reversed(range(len(proto.metadata_props))):
         if proto.metadata_props[i].key == META_KEY:
@@ -120,7 +120,7 @@ def write_metadata(proto: Any, meta: Dict[str, Any]) -> None:
     entry.key, entry.value = META_KEY, json.dumps(meta)
 
 
-def read_metadata(proto_or_path: Any) -> Dict[str, Any]:
+def read_metadata(proto_or_path: Any) -> dict[str, Any]:
     """The retinakit metadata dict of an ONNX model (``{}`` when absent)."""
     onnx = require("onnx", "reading ONNX metadata")
     proto = onnx.load(proto_or_path, load_external_data=False) if isinstance(proto_or_path, str) else proto_or_path

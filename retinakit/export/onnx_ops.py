@@ -8,7 +8,7 @@ has static output shapes and runs in onnxruntime and TensorRT without plugins.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,7 +32,7 @@ def nms_keep(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshol
     """
     from .. import ops
 
-    n_img, n_cls, m = scores.shape
+    n_img, _, m = scores.shape
     keep = torch.zeros(n_img, m, dtype=torch.float32, device=scores.device)
     for n in range(n_img):
         cls_idx, box_idx = torch.nonzero(scores[n] > score_threshold, as_tuple=True)
@@ -85,4 +85,4 @@ def _float_tensor(value: float) -> Any:
     return onnx.numpy_helper.from_array(np.array([value], dtype=np.float32))
 
 
-CUSTOM_TRANSLATION_TABLE: Dict[Any, Any] = {torch.ops.retinakit_export.nms_keep.default: _nms_keep_onnx}
+CUSTOM_TRANSLATION_TABLE: dict[Any, Any] = {torch.ops.retinakit_export.nms_keep.default: _nms_keep_onnx}

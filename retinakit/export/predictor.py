@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,11 +20,11 @@ from ..structures import Boxes, Instances
 from ._deps import require
 from .calibration import pad_batch
 
-__all__ = ["Predictor", "load_predictor", "load_model", "PredictorError", "OnnxRuntimeBackend", "TorchBackend"]
+__all__ = ["OnnxRuntimeBackend", "Predictor", "PredictorError", "TorchBackend", "load_model", "load_predictor"]
 
 logger = logging.getLogger(__name__)
 
-Detections = Tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [D, 4], scores [D], classes [D]
+Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [D, 4], scores [D], classes [D]
 
 
 class PredictorError(ValueError):
@@ -39,7 +40,7 @@ class TorchBackend:
         self.model = model.eval()
 
     @torch.inference_mode()
-    def run(self, tensors: List[torch.Tensor]) -> List[Detections]:
+    def run(self, tensors: list[torch.Tensor]) -> list[Detections]:
         inputs = [{"image": t, "height": int(t.shape[1]), "width": int(t.shape[2])} for t in tensors]
         out = []
         for r in self.model(inputs):
@@ -48,7 +49,7 @@ class TorchBackend:
         return out
 
 
-def unpack_e2e(num_dets: np.ndarray, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> List[Detections]:
+def unpack_e2e(num_dets: np.ndarray, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> list[Detections]:
     """Fixed-size e2e outputs ``[N]``, ``[N, D, 4]``, ``[N, D]``, ``[N, D]`` -> per-image arrays."""
     return [
         (boxes[i, :n].astype(np.float32), scores[i, :n].astype(np.float32), classes[i, :n].astype(np.int64))
@@ -75,7 +76,7 @@ class OnnxRuntimeBackend:
         self.divisibility = divisibility
         self.precision = precision
 
-    def run(self, tensors: List[torch.Tensor]) -> List[Detections]:
+    def run(self, tensors: list[torch.Tensor]) -> list[Detections]:
         images, sizes = pad_batch(tensors, self.divisibility)
         outs = self.session.run(["num_dets", "boxes", "scores", "classes"], {"images": images, "image_sizes": sizes})
         return unpack_e2e(*outs)
@@ -88,16 +89,16 @@ class Predictor:
     images, ``HWC uint8`` arrays or ``CHW uint8`` tensors. Returns one ``Instances`` per image.
     """
 
-    def __init__(self, backend: Any, preprocess: Any, metadata: Optional[Dict[str, Any]] = None) -> None:
+    def __init__(self, backend: Any, preprocess: Any, metadata: dict[str, Any] | None = None) -> None:
         self.backend = backend
         self.preprocess = preprocess
         self.metadata = dict(metadata or {})
 
     @property
-    def class_names(self) -> Optional[List[str]]:
+    def class_names(self) -> list[str] | None:
         return self.metadata.get("class_names")
 
-    def __call__(self, images: Any, input_format: str = "RGB") -> List[Instances]:
+    def __call__(self, images: Any, input_format: str = "RGB") -> list[Instances]:
         if not isinstance(images, (list, tuple)):
             images = [images]
         if not images:
@@ -118,7 +119,7 @@ class Predictor:
         return results
 
 
-def _preprocess_from_meta(meta: Dict[str, Any]) -> Any:
+def _preprocess_from_meta(meta: dict[str, Any]) -> Any:
     from ..data.transforms import InferencePreprocessor
 
     # Models that resize inside PyTorch (INPUT.RESIZE_IN_MODEL) are exported without the
@@ -155,7 +156,7 @@ def load_model(cfg: Any, weights: str, strict: bool = True) -> torch.nn.Module:
     return model
 
 
-def model_metadata(cfg: Any, model: torch.nn.Module, class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+def model_metadata(cfg: Any, model: torch.nn.Module, class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """What a deployed model needs to be run without its config (stored with ONNX/engines)."""
     if class_names is None:
         try:
@@ -178,7 +179,7 @@ def model_metadata(cfg: Any, model: torch.nn.Module, class_names: Optional[Seque
     }
 
 
-def _cfg_from(config_file: Optional[str], cfg: Any, opts: Optional[Sequence[str]]) -> Any:
+def _cfg_from(config_file: str | None, cfg: Any, opts: Sequence[str] | None) -> Any:
     from ..config import get_cfg
 
     if cfg is not None:
@@ -197,9 +198,9 @@ def _cfg_from(config_file: Optional[str], cfg: Any, opts: Optional[Sequence[str]
 def load_predictor(
     path: str,
     *,
-    config_file: Optional[str] = None,
+    config_file: str | None = None,
     cfg: Any = None,
-    opts: Optional[Sequence[str]] = None,
+    opts: Sequence[str] | None = None,
     device: str = "cpu",
     threads: int = 0,
 ) -> Predictor:

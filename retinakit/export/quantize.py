@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -30,7 +29,7 @@ from ._deps import MissingDependencyError, require
 from .calib_cache import CacheError, read_cache, scales_from_qdq_model, write_cache
 from .onnx import MAX_IR_VERSION, read_metadata, write_metadata
 
-__all__ = ["QuantizationError", "convert_fp16", "quantize_int8", "CALIBRATION_METHODS", "trunk_node_names"]
+__all__ = ["CALIBRATION_METHODS", "QuantizationError", "convert_fp16", "quantize_int8", "trunk_node_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ def trunk_node_names(model) -> tuple:
     return inside, outside
 
 
-def _run_worker(job: Dict) -> None:
+def _run_worker(job: dict) -> None:
     require("modelopt", "FP16/INT8 conversion (NVIDIA Model Optimizer)")
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(job, f)
@@ -59,7 +58,7 @@ def _run_worker(job: Dict) -> None:
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "retinakit.export._modelopt_worker", job_file],
-            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": _pythonpath()},
+            capture_output=True, text=True, check=False, env={**os.environ, "PYTHONPATH": _pythonpath()},
         )
     finally:
         os.unlink(job_file)
@@ -73,7 +72,7 @@ def _pythonpath() -> str:
     return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
 
 
-def _finish(src: str, dst: str, extra_meta: Dict) -> None:
+def _finish(src: str, dst: str, extra_meta: dict) -> None:
     onnx = require("onnx")
     proto = onnx.load(dst)
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
@@ -97,10 +96,10 @@ def quantize_int8(
     onnx_path: str,
     output_path: str,
     *,
-    calibration_data: Optional[Dict[str, np.ndarray]] = None,
+    calibration_data: dict[str, np.ndarray] | None = None,
     method: str = "entropy",
     percentile: float = 99.999,
-    cache_path: Optional[str] = None,
+    cache_path: str | None = None,
 ) -> str:
     """INT8 Q/DQ copy of an exported model.
 
@@ -144,8 +143,8 @@ def quantize_int8(
     return output_path
 
 
-def _check_cache_fits(scales: Dict[str, float], proto, path: str) -> None:
-    names: List[str] = [o for n in proto.graph.node for o in n.output] + [i.name for i in proto.graph.input]
+def _check_cache_fits(scales: dict[str, float], proto, path: str) -> None:
+    names: list[str] = [o for n in proto.graph.node for o in n.output] + [i.name for i in proto.graph.input]
     known = set(names)
     hits = sum(1 for k in scales if k in known)
     if hits == 0:
@@ -155,4 +154,4 @@ def _check_cache_fits(scales: Dict[str, float], proto, path: str) -> None:
         )
 
 
-__all__ += ["MissingDependencyError", "CacheError"]
+__all__ += ["CacheError", "MissingDependencyError"]

@@ -14,14 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 
 from ._deps import MissingDependencyError, require
 
-__all__ = ["EngineBuildError", "ShapeProfile", "build_engine", "read_engine_metadata", "TensorRTRunner", "TensorRTBackend", "tensorrt_available"]
+__all__ = ["EngineBuildError", "ShapeProfile", "TensorRTBackend", "TensorRTRunner", "build_engine", "read_engine_metadata", "tensorrt_available"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,11 @@ class ShapeProfile:
     min_batch: int = 1
     opt_batch: int = 1
     max_batch: int = 8
-    min_hw: Tuple[int, int] = (128, 128)
-    opt_hw: Tuple[int, int] = (800, 1344)
-    max_hw: Tuple[int, int] = (1344, 1344)
+    min_hw: tuple[int, int] = (128, 128)
+    opt_hw: tuple[int, int] = (800, 1344)
+    max_hw: tuple[int, int] = (1344, 1344)
 
-    def shapes(self) -> Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]]:
+    def shapes(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
         """``{input name: (min, opt, max)}`` for ``images [N, 3, H, W]`` and ``image_sizes [N, 2]``."""
         return {
             "images": ((self.min_batch, 3, *self.min_hw), (self.opt_batch, 3, *self.opt_hw), (self.max_batch, 3, *self.max_hw)),
@@ -89,9 +90,9 @@ def build_engine(
     onnx_path: str,
     engine_path: str,
     *,
-    profile: Optional[ShapeProfile] = None,
+    profile: ShapeProfile | None = None,
     workspace_mib: int = 4096,
-    timing_cache: Optional[str] = None,
+    timing_cache: str | None = None,
     optimization_level: int = 3,
     verbose: bool = False,
 ) -> str:
@@ -149,7 +150,7 @@ def build_engine(
     return engine_path
 
 
-def read_engine_metadata(engine_path: str) -> Dict[str, Any]:
+def read_engine_metadata(engine_path: str) -> dict[str, Any]:
     """The metadata written next to an engine by :func:`build_engine`."""
     side = engine_metadata_path(engine_path)
     if not os.path.isfile(side):
@@ -190,10 +191,10 @@ class TensorRTRunner:
             )
         self.context = self.engine.create_execution_context()
         self.stream = _cuda_check(self.cudart.cudaStreamCreate())
-        self.names: List[str] = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.names: list[str] = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in self.names if n not in self.inputs]
-        self._buffers: Dict[str, Tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
 
     def _device_buffer(self, name: str, nbytes: int) -> int:
         ptr, cap = self._buffers.get(name, (0, 0))
@@ -204,7 +205,7 @@ class TensorRTRunner:
             self._buffers[name] = (ptr, cap)
         return ptr
 
-    def __call__(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cudart, trt = self.cudart, self.trt
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         hosts = {}
@@ -240,7 +241,7 @@ class TensorRTRunner:
     def __del__(self) -> None:  # pragma: no cover - depends on interpreter shutdown order
         try:
             self.close()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001, S110 - nothing to report during interpreter shutdown
             pass
 
 
@@ -254,7 +255,7 @@ class TensorRTBackend:
         self.divisibility = divisibility
         self.precision = precision or "fp32"
 
-    def run(self, tensors: Sequence[Any]) -> List[Any]:
+    def run(self, tensors: Sequence[Any]) -> list[Any]:
         from .calibration import pad_batch
         from .predictor import unpack_e2e
 

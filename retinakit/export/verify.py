@@ -7,14 +7,15 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..structures import Instances
 
-__all__ = ["ValSet", "VerifyResult", "load_valset", "evaluate", "coco_ap", "max_box_diff", "format_table"]
+__all__ = ["ValSet", "VerifyResult", "coco_ap", "evaluate", "format_table", "load_valset", "max_box_diff"]
 
 
 @dataclass
@@ -22,9 +23,9 @@ class ValSet:
     """Validation images with their COCO ids; ``to_dataset_id`` maps class index -> category id."""
 
     json_file: str
-    files: List[str]
-    image_ids: List[Any]
-    to_dataset_id: Dict[int, int]
+    files: list[str]
+    image_ids: list[Any]
+    to_dataset_id: dict[int, int]
 
 
 @dataclass
@@ -34,9 +35,9 @@ class VerifyResult:
     latency_ms: float  # median batch-1 latency per image (preprocessing included)
     latency_spread_ms: float  # inter-quartile range
     ap: float  # COCO AP@[.5:.95] in percent
-    detections: List[Instances] = field(repr=False, default_factory=list)
-    delta_ap: Optional[float] = None
-    max_box_diff: Optional[float] = None
+    detections: list[Instances] = field(repr=False, default_factory=list)
+    delta_ap: float | None = None
+    max_box_diff: float | None = None
     status: str = "ok"
 
 
@@ -67,7 +68,7 @@ def load_valset(images_dir: str, json_file: str, limit: int = 0) -> ValSet:
     return ValSet(json_file, files, [im["id"] for im in images], {k: i for i, k in id_map.items()})
 
 
-def _to_coco(dets: Sequence[Instances], val: ValSet) -> List[Dict[str, Any]]:
+def _to_coco(dets: Sequence[Instances], val: ValSet) -> list[dict[str, Any]]:
     rows = []
     for inst, img_id in zip(dets, val.image_ids):
         b = inst.pred_boxes.tensor.numpy().astype(float)

@@ -57,9 +57,8 @@ def test_e2e_graph_is_standard_onnx(e2e_onnx):
     assert meta["mode"] == "e2e" and meta["size_divisibility"] >= 32 and "config" in meta
 
 
-def test_e2e_fixed_outputs_and_padding_value(random_setup, e2e_onnx):
+def test_e2e_fixed_outputs_and_padding_value(e2e_onnx):
     """Padding content does not matter (masked in the graph); padding rows are zero / -1."""
-    cfg, model = random_setup
     rng = np.random.default_rng(0)
     img = (rng.random((1, 3, 160, 192)) * 255).astype(np.float32)
     sizes = np.array([[150.0, 170.0]], np.float32)
@@ -79,7 +78,7 @@ def test_e2e_fixed_outputs_and_padding_value(random_setup, e2e_onnx):
 def test_heads_only_equals_head_outputs(random_setup, heads_onnx):
     from retinakit.structures import ImageList
 
-    cfg, model = random_setup
+    _, model = random_setup
     images = random_images([(160, 160), (128, 96)], seed=3)
     il = model.preprocessor([x for x in images])
     with torch.no_grad():

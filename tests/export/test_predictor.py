@@ -13,7 +13,6 @@ from .conftest import QUICKSTART, random_images
 def test_predictor_backends_agree(random_setup, random_weights, e2e_onnx):
     from retinakit.export import load_predictor
 
-    cfg, _ = random_setup
     images = random_images([(160, 160), (90, 200)], seed=7)
     pth = load_predictor(random_weights, config_file=QUICKSTART, opts=["MODEL.RETINANET.SCORE_THRESH_TEST", 0.011])
     onx = load_predictor(e2e_onnx)

@@ -101,7 +101,11 @@ def _fake_trt(version: str = "10.13.0", parse_ok: bool = True) -> types.ModuleTy
 
 
 def test_build_engine_calls_strongly_typed_api(monkeypatch, e2e_onnx, tmp_path):
-    from retinakit.export.tensorrt import ShapeProfile, build_engine, read_engine_metadata
+    from retinakit.export.tensorrt import (
+        ShapeProfile,
+        build_engine,
+        read_engine_metadata,
+    )
 
     trt = _fake_trt()
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
@@ -117,7 +121,8 @@ def test_build_engine_calls_strongly_typed_api(monkeypatch, e2e_onnx, tmp_path):
         "image_sizes": ((1, 2), (2, 2), (4, 2)),
     }]
     assert c["cache_in"] == b"old" and cache.read_bytes() == b"old+timings"
-    assert open(plan, "rb").read() == b"ENGINE"
+    with open(plan, "rb") as f:
+        assert f.read() == b"ENGINE"
     meta = read_engine_metadata(plan)
     assert meta["mode"] == "e2e" and meta["tensorrt_version"] == "10.13.0" and meta["profile"]["max_batch"] == 4
     json.dumps(meta)

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import pytest
-
-from test_deploy_helpers import R18, R50, assert_clean_error, random_checkpoint, run_tool
+from test_deploy_helpers import (
+    R18,
+    R50,
+    assert_clean_error,
+    random_checkpoint,
+    run_tool,
+)
 
 pytest.importorskip("onnx")
 

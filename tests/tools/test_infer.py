@@ -5,8 +5,13 @@ import json
 import os
 
 import pytest
-
-from test_deploy_helpers import R18, assert_clean_error, random_checkpoint, run_tool, tiny_shapes
+from test_deploy_helpers import (
+    R18,
+    assert_clean_error,
+    random_checkpoint,
+    run_tool,
+    tiny_shapes,
+)
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -42,10 +47,11 @@ def test_infer_pth_and_onnx_give_the_same_detections(setup):
     r = run_tool(["tools/infer.py", "--model", onnx_path, "--images", images, "--output", out_onnx, "--annotations", js,
                   "--visualize", str(d / "vis"), "--score-thresh", "0.0", "--batch-size", "4"])
     assert r.returncode == 0, r.stderr[-2000:]
-    a, b = json.load(open(out_pth)), json.load(open(out_onnx))
+    with open(out_pth) as f, open(out_onnx) as g:
+        a, b = json.load(f), json.load(g)
     assert len(a) == len(b) > 0
     assert {x["image_id"] for x in a} == {x["image_id"] for x in b}
-    key = lambda x: (x["image_id"], -x["score"])  # noqa: E731
+    key = lambda x: (x["image_id"], -x["score"])
     for x, y in zip(sorted(a, key=key)[:50], sorted(b, key=key)[:50]):
         assert x["category_id"] == y["category_id"]
         assert torch.allclose(torch.tensor(x["bbox"]), torch.tensor(y["bbox"]), atol=0.2)
@@ -53,7 +59,7 @@ def test_infer_pth_and_onnx_give_the_same_detections(setup):
 
 
 def test_infer_bad_inputs(setup, tmp_path):
-    ckpt, js, images, _ = setup
+    ckpt, _, images, _ = setup
     r = run_tool(["tools/infer.py", "--model", str(tmp_path / "none.onnx"), "--images", images, "--output", str(tmp_path / "o.json")])
     assert_clean_error(r, "none.onnx")
     r = run_tool(["tools/infer.py", "--model", ckpt, "--images", images, "--output", str(tmp_path / "o.json")])

@@ -20,7 +20,8 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default="", help="also write the results here")
 
 
-def _time(fn: Callable[[], Any], warmup: int, repeats: int) -> Dict[str, float]:
+def _time(fn: Callable[[], Any], warmup: int, repeats: int) -> dict[str, float]:
     for _ in range(warmup):
         fn()
     ts = []
@@ -70,7 +71,13 @@ def main(args: argparse.Namespace) -> int:
 
     from retinakit.checkpoint.model_loading import load_model_weights
     from retinakit.config import get_cfg
-    from retinakit.export import calibration_arrays, export_onnx, load_predictor, model_metadata, quantize_int8
+    from retinakit.export import (
+        calibration_arrays,
+        export_onnx,
+        load_predictor,
+        model_metadata,
+        quantize_int8,
+    )
     from retinakit.modeling import build_model
 
     torch.set_num_threads(args.threads)
@@ -83,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
     load_model_weights(rk, {"model": tv.state_dict()}, "torchvision retinanet_resnet50_fpn (random)")
     h, w = args.size
     img = _image(h, w)
-    results: Dict[str, Dict[str, float]] = {}
+    results: dict[str, dict[str, float]] = {}
     with torch.inference_mode():
         results["torchvision eager"] = _time(lambda: tv([img.float() / 255.0]), args.warmup, args.repeats)
         results["retinakit eager"] = _time(lambda: rk([{"image": img}]), args.warmup, args.repeats)
