@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,7 +30,7 @@ def step(n: int, text: str, t0: float) -> None:
     print(f"\n=== [{n}/5] {text}  (t = {time.time() - t0:.0f}s)", flush=True)
 
 
-def parse(argv: List[str] = None) -> argparse.Namespace:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", default=DEFAULT_CFG)
     p.add_argument("--output-dir", default=os.path.join(REPO, "output", "quickstart"))
@@ -70,11 +70,16 @@ def train(cfg: Any) -> Any:
     return trainer
 
 
-def draw_predictions(cfg: Any, model: Any, out_dir: str, n: int) -> List[str]:
-    from retinakit.data import DatasetCatalog, MetadataCatalog, build_inference_preprocess, read_image
-    from retinakit.utils.visualizer import draw_instances
-
+def draw_predictions(cfg: Any, model: Any, out_dir: str, n: int) -> list[str]:
     import torch
+
+    from retinakit.data import (
+        DatasetCatalog,
+        MetadataCatalog,
+        build_inference_preprocess,
+        read_image,
+    )
+    from retinakit.utils.visualizer import draw_instances
 
     name = cfg.DATASETS.TEST[0]
     classes = MetadataCatalog.get(name).thing_classes
@@ -102,7 +107,7 @@ def _as_hwc(image: Any) -> Any:
     return np.asarray(image)
 
 
-def main(argv: List[str] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     args = parse(argv)
     from retinakit.config import ConfigError
@@ -127,7 +132,7 @@ def main(argv: List[str] = None) -> int:
 
     step(3, f"Evaluating on {', '.join(cfg.DATASETS.TEST)} (COCO AP)", t0)
     ev = [h for h in trainer.hooks if type(h).__name__ == "EvalHook"]
-    flat: Dict[str, float] = dict(ev[0].last_results) if ev else {}
+    flat: dict[str, float] = dict(ev[0].last_results) if ev else {}
     if not flat:  # nothing was trained in this call (already complete): evaluate now
         from retinakit.engine.hooks import flatten_results
 

@@ -17,17 +17,23 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from retinakit.checkpoint import Checkpointer, atomic_torch_save, load_checkpoint_file  # noqa: E402
-from retinakit.config import ConfigError, get_cfg  # noqa: E402
-from retinakit.engine import DefaultTrainer, NonFiniteLossError, default_argument_parser, default_setup, launch  # noqa: E402
-from retinakit.engine.hooks import flatten_results  # noqa: E402
-from retinakit.engine.solver import auto_scale_workers  # noqa: E402
-from retinakit.utils import comm  # noqa: E402
-from retinakit.utils.events import write_metrics_row  # noqa: E402
+from retinakit.checkpoint import Checkpointer, atomic_torch_save, load_checkpoint_file
+from retinakit.config import ConfigError, get_cfg
+from retinakit.engine import (
+    DefaultTrainer,
+    NonFiniteLossError,
+    default_argument_parser,
+    default_setup,
+    launch,
+)
+from retinakit.engine.hooks import flatten_results
+from retinakit.engine.solver import auto_scale_workers
+from retinakit.utils import comm
+from retinakit.utils.events import write_metrics_row
 
 logger = logging.getLogger("retinakit.train_net")
 
@@ -35,7 +41,7 @@ EXIT_USER_ERROR = 2
 EXIT_NON_FINITE = 3
 
 
-def user_error_message(e: BaseException) -> Optional[str]:
+def user_error_message(e: BaseException) -> str | None:
     """The message of an error the user must fix (config, data, weights file), else None."""
     try:
         from retinakit.data import DatasetError
@@ -63,7 +69,7 @@ def setup(args: Any) -> Any:
     return cfg
 
 
-def _checkpoints(out_dir: str) -> List[str]:
+def _checkpoints(out_dir: str) -> list[str]:
     """Complete checkpoints of ``out_dir`` by iteration (temp files start with '.')."""
     if not os.path.isdir(out_dir):
         return []
@@ -71,14 +77,14 @@ def _checkpoints(out_dir: str) -> List[str]:
     return sorted(names, key=lambda n: (n == "model_final.pth", n))
 
 
-def _evaluate_file(cfg: Any, model: Any, path: str) -> Tuple[int, Dict[str, Any]]:
+def _evaluate_file(cfg: Any, model: Any, path: str) -> tuple[int, dict[str, Any]]:
     ckpt = load_checkpoint_file(path)
     it = int(ckpt.get("iteration", -1))
     Checkpointer(model, save_to_disk=False)._restore(ckpt, path, checkpointables=[])
     return it, DefaultTrainer.test(cfg, model)
 
 
-def watch(cfg: Any, model: Any) -> Dict[str, Any]:
+def watch(cfg: Any, model: Any) -> dict[str, Any]:
     """Evaluate every new checkpoint of OUTPUT_DIR until model_final.pth has been evaluated.
 
     Each result is appended to OUTPUT_DIR/metrics.json; the best (TEST.BEST_METRIC,
@@ -87,8 +93,8 @@ def watch(cfg: Any, model: Any) -> Dict[str, Any]:
     out = cfg.OUTPUT_DIR
     metric, mode = cfg.TEST.BEST_METRIC or "bbox/AP", cfg.TEST.BEST_MODE
     done: set = set()
-    best: Optional[float] = None
-    last: Dict[str, Any] = {}
+    best: float | None = None
+    last: dict[str, Any] = {}
     logger.info(f"Watching {out} for new checkpoints (every {cfg.TEST.WATCH_INTERVAL}s)")
     while True:
         names = comm.all_gather(_checkpoints(out))[0]  # rank 0's view, so every rank agrees
@@ -97,7 +103,7 @@ def watch(cfg: Any, model: Any) -> Dict[str, Any]:
             path = os.path.join(out, name)
             try:
                 it, last = _evaluate_file(cfg, model, path)
-            except Exception as e:  # unreadable (e.g. deleted by keep-last-N meanwhile): skip it
+            except Exception as e:  # noqa: BLE001 - unreadable (e.g. deleted by keep-last-N meanwhile): skip it
                 logger.warning(f"Skipping {name}: {type(e).__name__}: {e}")
                 continue
             flat = flatten_results(last)
@@ -149,8 +155,13 @@ def guarded_main(args: Any) -> Any:
         raise SystemExit(EXIT_USER_ERROR)
 
 
-def run(argv: Optional[List[str]] = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     args = default_argument_parser().parse_args(argv)
+    misplaced = [o for o in args.opts if isinstance(o, str) and o.startswith("--")]
+    if misplaced:
+        print(f"ERROR: {' '.join(misplaced)} must come before the KEY VALUE overrides "
+              f"(everything after the first override is read as overrides).", file=sys.stderr)
+        return EXIT_USER_ERROR
     try:
         launch(
             guarded_main,

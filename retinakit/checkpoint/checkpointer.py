@@ -15,7 +15,8 @@ import logging
 import os
 import random
 import re
-from typing import Any, Dict, List, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from torch import nn
 
 from ..utils import comm
 
-__all__ = ["Checkpointer", "get_rng_state", "set_rng_state", "atomic_torch_save", "load_checkpoint_file"]
+__all__ = ["Checkpointer", "atomic_torch_save", "get_rng_state", "load_checkpoint_file", "set_rng_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +37,11 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------- RNG state
-def get_rng_state() -> Dict[str, Any]:
+def get_rng_state() -> dict[str, Any]:
     """RNG states of python, numpy, torch (CPU) and CUDA, as tensors and numbers."""
     version, py_state, gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
-    state: Dict[str, Any] = {
+    _, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
+    state: dict[str, Any] = {
         "python_version": version,
         "python_state": torch.tensor(py_state, dtype=torch.int64),
         "python_gauss": gauss,
@@ -117,7 +118,7 @@ def _local_path(path: str) -> str:
     return pm.get_local_path(path)
 
 
-def load_checkpoint_file(path: str) -> Dict[str, Any]:
+def load_checkpoint_file(path: str) -> dict[str, Any]:
     """Load a ``.pth`` (``weights_only=True``) or ``.safetensors`` file onto the CPU."""
     local = _local_path(path)
     if local.endswith(".safetensors"):
@@ -146,7 +147,7 @@ class Checkpointer:
     """
 
     def __init__(
-        self, model: nn.Module, save_dir: str = "", *, save_to_disk: Optional[bool] = None, **checkpointables: Any
+        self, model: nn.Module, save_dir: str = "", *, save_to_disk: bool | None = None, **checkpointables: Any
     ) -> None:
         self.model = _unwrap(model)
         self.save_dir = save_dir
@@ -154,7 +155,7 @@ class Checkpointer:
         self.checkpointables = checkpointables
 
     # -- save ------------------------------------------------------------------------
-    def save(self, name: str, **extra: Any) -> Optional[str]:
+    def save(self, name: str, **extra: Any) -> str | None:
         """Write ``save_dir/name.pth`` atomically and point ``last_checkpoint`` to it.
 
         In a distributed run every rank must call it (RNG states are gathered from all ranks).
@@ -162,7 +163,7 @@ class Checkpointer:
         rng = comm.all_gather(get_rng_state())
         if not self.save_to_disk or not self.save_dir:
             return None
-        data: Dict[str, Any] = {"model": self.model.state_dict()}
+        data: dict[str, Any] = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data["rng"] = rng
@@ -188,7 +189,7 @@ class Checkpointer:
         except OSError:
             return ""
 
-    def get_all_checkpoint_files(self) -> List[str]:
+    def get_all_checkpoint_files(self) -> list[str]:
         """Checkpoints of ``save_dir``, newest first: last_checkpoint's, then by iteration."""
         if not self.save_dir or not os.path.isdir(self.save_dir):
             return []
@@ -206,7 +207,7 @@ class Checkpointer:
         return ordered
 
     # -- load ------------------------------------------------------------------------
-    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+    def load(self, path: str, checkpointables: list[str] | None = None) -> dict[str, Any]:
         """Load ``path``: the model, then the named checkpointables (all by default).
 
         Returns what is left of the checkpoint (e.g. ``iteration``).
@@ -215,7 +216,7 @@ class Checkpointer:
         ckpt = load_checkpoint_file(path)
         return self._restore(ckpt, path, checkpointables)
 
-    def _restore(self, ckpt: Dict[str, Any], path: str, checkpointables: Optional[List[str]]) -> Dict[str, Any]:
+    def _restore(self, ckpt: dict[str, Any], path: str, checkpointables: list[str] | None) -> dict[str, Any]:
         state = ckpt.pop("model", None)
         if state is None:
             state = ckpt  # a bare state_dict
@@ -250,7 +251,7 @@ class Checkpointer:
 
         load_model_weights(self.model, dict(state), source)
 
-    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         """With ``resume`` and a checkpoint in save_dir: restore everything from the newest
         loadable one (falling back past corrupt files, with a warning). Otherwise load only
         the model weights from ``path`` (if given). Returns the rest of the checkpoint
@@ -261,12 +262,12 @@ class Checkpointer:
             return self.load(path, checkpointables=[])
         return {}
 
-    def _resume_newest(self) -> Dict[str, Any]:
+    def _resume_newest(self) -> dict[str, Any]:
         errors = []
         for p in self.get_all_checkpoint_files():
             try:
                 ckpt = load_checkpoint_file(p)
-            except Exception as e:  # a truncated/corrupt file: try the previous checkpoint
+            except Exception as e:  # noqa: BLE001 - a truncated/corrupt file: try the previous checkpoint
                 logger.warning(f"Checkpoint {p} cannot be read ({type(e).__name__}: {e}); trying an older one.")
                 errors.append(p)
                 continue

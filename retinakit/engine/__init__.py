@@ -1,15 +1,32 @@
 """Training engine: trainers, hooks, defaults, distributed launch."""
-from .defaults import DefaultPredictor, DefaultTrainer, default_argument_parser, default_setup, default_writers
+from .defaults import (
+    DefaultPredictor,
+    DefaultTrainer,
+    default_argument_parser,
+    default_setup,
+    default_writers,
+)
 from .hooks import HOOK_REGISTRY
 from .launch import launch
-from .solver import WarmupLRScheduler, auto_scale_workers, build_lr_scheduler, build_optimizer
-from .train_loop import AMPTrainer, HookBase, NonFiniteLossError, SimpleTrainer, TrainerBase
+from .solver import (
+    WarmupLRScheduler,
+    auto_scale_workers,
+    build_lr_scheduler,
+    build_optimizer,
+)
+from .train_loop import (
+    AMPTrainer,
+    HookBase,
+    NonFiniteLossError,
+    SimpleTrainer,
+    TrainerBase,
+)
 
 __all__ = [
+    "HOOK_REGISTRY",
     "AMPTrainer",
     "DefaultPredictor",
     "DefaultTrainer",
-    "HOOK_REGISTRY",
     "HookBase",
     "NonFiniteLossError",
     "SimpleTrainer",

@@ -14,8 +14,8 @@ import inspect
 import json
 import logging
 import os
-import sys
-from typing import Any, Dict, Iterator, List, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,18 +23,23 @@ from torch import nn
 from ..checkpoint import Checkpointer
 from ..utils import comm
 from ..utils.env import collect_env_info, seed_all_rng
-from ..utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardWriter
+from ..utils.events import (
+    CommonMetricPrinter,
+    EventWriter,
+    JSONWriter,
+    TensorboardWriter,
+)
 from ..utils.logger import setup_logger
 from . import hooks
 from .solver import build_lr_scheduler, build_optimizer
 from .train_loop import AMPTrainer, SimpleTrainer, TrainerBase
 
-__all__ = ["default_argument_parser", "default_setup", "default_writers", "DefaultTrainer", "DefaultPredictor"]
+__all__ = ["DefaultPredictor", "DefaultTrainer", "default_argument_parser", "default_setup", "default_writers"]
 
 logger = logging.getLogger("retinakit.trainer")
 
 
-def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentParser:
+def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
     """``--config-file --resume --eval-only --watch --num-gpus --num-machines --machine-rank
     --dist-url`` and trailing ``KEY VALUE`` config overrides."""
     p = argparse.ArgumentParser(
@@ -56,7 +61,7 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
     return p
 
 
-def default_setup(cfg: Any, args: Optional[argparse.Namespace] = None) -> None:
+def default_setup(cfg: Any, args: argparse.Namespace | None = None) -> None:
     """Output dir, logging to ``log.txt``, environment summary, config dump, seeds, cudnn.
 
     A negative ``SEED`` is replaced by a drawn seed, written into ``cfg`` (it must not be
@@ -89,7 +94,7 @@ def default_setup(cfg: Any, args: Optional[argparse.Namespace] = None) -> None:
     torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
 
 
-def default_writers(output_dir: str, max_iter: int, ims_per_batch: Optional[int] = None) -> List[EventWriter]:
+def default_writers(output_dir: str, max_iter: int, ims_per_batch: int | None = None) -> list[EventWriter]:
     """Console line, ``metrics.json`` and TensorBoard events under ``output_dir``."""
     return [
         CommonMetricPrinter(max_iter, ims_per_batch),
@@ -156,8 +161,8 @@ class DefaultTrainer(TrainerBase):
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
-        self._resume_extra: Dict[str, Any] = {}
-        self._ema: Optional[hooks.EMAHook] = None
+        self._resume_extra: dict[str, Any] = {}
+        self._ema: hooks.EMAHook | None = None
         self.register_hooks(self.build_hooks())
 
     # -- construction ----------------------------------------------------------------
@@ -237,26 +242,26 @@ class DefaultTrainer(TrainerBase):
         return build_detection_test_loader(cfg, dataset_name, batch_size=cfg.TEST.IMS_PER_BATCH)
 
     @classmethod
-    def build_evaluator(cls, cfg: Any, dataset_name: str, output_folder: Optional[str] = None) -> Any:
+    def build_evaluator(cls, cfg: Any, dataset_name: str, output_folder: str | None = None) -> Any:
         from ..evaluation import COCOEvaluator
 
         out = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return COCOEvaluator(dataset_name, out, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
 
     @classmethod
-    def test_dataset_names(cls, cfg: Any) -> List[str]:
+    def test_dataset_names(cls, cfg: Any) -> list[str]:
         from ..data import get_eval_dataset_names
 
         return get_eval_dataset_names(cfg)
 
     @classmethod
-    def test(cls, cfg: Any, model: nn.Module, evaluators: Optional[List[Any]] = None) -> Dict[str, Any]:
+    def test(cls, cfg: Any, model: nn.Module, evaluators: list[Any] | None = None) -> dict[str, Any]:
         """Evaluate ``model`` on every test dataset; returns ``{dataset: {task: metrics}}``
         (a single dataset's results directly)."""
         from ..evaluation import inference_on_dataset
 
         names = cls.test_dataset_names(cfg)
-        results: Dict[str, Any] = {}
+        results: dict[str, Any] = {}
         for i, name in enumerate(names):
             loader = cls.build_test_loader(cfg, name)
             evaluator = evaluators[i] if evaluators else cls.build_evaluator(cfg, name)
@@ -268,7 +273,7 @@ class DefaultTrainer(TrainerBase):
             return next(iter(results.values()))
         return results
 
-    def build_hooks(self) -> List[hooks.HookBase]:
+    def build_hooks(self) -> list[hooks.HookBase]:
         """Default hooks, in this order (the order matters):
 
         1. IterationTimer: first, so its before_step starts the clock before other hooks.
@@ -285,7 +290,7 @@ class DefaultTrainer(TrainerBase):
         8. PeriodicWriter (main process): last, so it writes the metrics every hook logged.
         """
         cfg = self.cfg
-        out: List[hooks.HookBase] = [hooks.IterationTimer(), hooks.LRScheduler(self.scheduler)]
+        out: list[hooks.HookBase] = [hooks.IterationTimer(), hooks.LRScheduler(self.scheduler)]
         if cfg.SOLVER.EMA.ENABLED:
             self._ema = hooks.EMAHook(self.model, cfg.SOLVER.EMA.DECAY)
             out.append(self._ema)
@@ -302,10 +307,10 @@ class DefaultTrainer(TrainerBase):
             out.append(hooks.PeriodicWriter(writers, period=cfg.SOLVER.LOG_PERIOD))
         return out
 
-    def build_writers(self) -> List[EventWriter]:
+    def build_writers(self) -> list[EventWriter]:
         return default_writers(self.cfg.OUTPUT_DIR, self.max_iter, self.cfg.SOLVER.IMS_PER_BATCH)
 
-    def _eval_function(self) -> Dict[str, Any]:
+    def _eval_function(self) -> dict[str, Any]:
         if not self.test_dataset_names(self.cfg):
             return {}
         if self._ema is not None:
@@ -314,7 +319,7 @@ class DefaultTrainer(TrainerBase):
         return self.test(self.cfg, self.model)
 
     # -- state -----------------------------------------------------------------------
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         scaler = getattr(self._trainer, "grad_scaler", None)
         if scaler is not None:
@@ -338,13 +343,13 @@ class DefaultTrainer(TrainerBase):
             self.start_iter = 0
 
     # -- running ---------------------------------------------------------------------
-    def train(self) -> Dict[str, Any]:  # type: ignore[override]
+    def train(self) -> dict[str, Any]:  # type: ignore[override]
         """Train from ``start_iter`` to ``SOLVER.MAX_ITER``; returns the last eval results."""
         # The loader (positioned at start_iter) is built before the RNG states are restored:
         # building/skipping may draw random numbers, the training steps must not see that.
         loader = self.build_train_loader(self.cfg, self.start_iter)
         self._trainer.reset_data_loader(loader)
-        self._trainer.data_iter
+        _ = self._trainer.data_iter  # creates the iterator now
         Checkpointer.restore_rng(self._resume_extra)
         if self.start_iter > 0 and comm.is_main_process():
             _truncate_metrics(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), self.start_iter)
@@ -357,7 +362,7 @@ class DefaultTrainer(TrainerBase):
         self._trainer.run_step()
 
 
-def _log_results(name: str, results: Dict[str, Any]) -> None:
+def _log_results(name: str, results: dict[str, Any]) -> None:
     for task, metrics in results.items():
         if isinstance(metrics, dict):
             main = {k: v for k, v in metrics.items() if not k.startswith("AP-")}
@@ -386,6 +391,6 @@ class DefaultPredictor:
         self.preprocess = build_inference_preprocess(self.cfg)
 
     @torch.inference_mode()
-    def __call__(self, image: Any, input_format: str = "RGB") -> Dict[str, Any]:
+    def __call__(self, image: Any, input_format: str = "RGB") -> dict[str, Any]:
         tensor, (h, w) = self.preprocess(image, input_format)
         return self.model([{"image": tensor, "height": h, "width": w}])[0]

@@ -15,8 +15,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,14 +30,14 @@ from .train_loop import HookBase
 
 __all__ = [
     "HOOK_REGISTRY",
+    "BestCheckpointer",
     "CallbackHook",
+    "EMAHook",
+    "EvalHook",
     "IterationTimer",
     "LRScheduler",
     "PeriodicCheckpointer",
-    "EvalHook",
-    "BestCheckpointer",
     "PeriodicWriter",
-    "EMAHook",
     "flatten_results",
 ]
 
@@ -124,7 +125,7 @@ class PeriodicCheckpointer(HookBase):
         self.period = period
         self.max_iter = max_iter
         self.max_to_keep = max_to_keep
-        self._kept: List[str] = []
+        self._kept: list[str] = []
 
     def after_step(self) -> None:
         it = self.trainer.iter
@@ -157,9 +158,9 @@ def _preserved_rng() -> Iterator[None]:
         set_rng_state(state)
 
 
-def flatten_results(results: Mapping[str, Any], prefix: str = "") -> Dict[str, float]:
+def flatten_results(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """``{"bbox": {"AP": 1}}`` -> ``{"bbox/AP": 1.0}`` (non-numbers are dropped)."""
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
     for k, v in results.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping):
@@ -179,7 +180,7 @@ class EvalHook(HookBase):
     def __init__(self, period: int, eval_function: Callable[[], Mapping[str, Any]]) -> None:
         self.period = period
         self.eval_function = eval_function
-        self.last_results: Dict[str, float] = {}
+        self.last_results: dict[str, float] = {}
 
     def _do_eval(self) -> None:
         with _preserved_rng():
@@ -216,7 +217,7 @@ class BestCheckpointer(HookBase):
         self.checkpointer = checkpointer
         self.metric = metric
         self.mode = mode
-        self.best: Optional[float] = None
+        self.best: float | None = None
         self.best_iter = -1
         self._seen_iter = -1
 
@@ -245,7 +246,7 @@ class BestCheckpointer(HookBase):
         if self.trainer.completed:
             self._check(self.trainer.iter)
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_iter": self.best_iter}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -287,7 +288,7 @@ class EMAHook(HookBase):
         self.updates = 0
         self.ema = {k: v.detach().clone() for k, v in self._tracked().items()}
 
-    def _tracked(self) -> Dict[str, torch.Tensor]:
+    def _tracked(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.model.state_dict().items() if v.is_floating_point()}
 
     @torch.no_grad()
@@ -306,7 +307,7 @@ class EMAHook(HookBase):
         finally:
             self.model.load_state_dict(backup, strict=False)
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"updates": self.updates, "ema": copy.copy(self.ema)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -16,7 +17,7 @@ import torch.multiprocessing as mp
 
 from ..utils import comm
 
-__all__ = ["launch", "default_backend", "find_free_port"]
+__all__ = ["default_backend", "find_free_port", "launch"]
 
 logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = timedelta(minutes=30)
@@ -46,9 +47,9 @@ def launch(
     num_gpus_per_machine: int,
     num_machines: int = 1,
     machine_rank: int = 0,
-    dist_url: Optional[str] = None,
+    dist_url: str | None = None,
     args: Sequence[Any] = (),
-    backend: Optional[str] = None,
+    backend: str | None = None,
     timeout: timedelta = DEFAULT_TIMEOUT,
 ) -> Any:
     """Run ``main_func(*args)`` in ``num_gpus_per_machine * num_machines`` processes.
@@ -62,7 +63,7 @@ def launch(
     """
     backend = backend or default_backend()
     if _under_torchrun():
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         _init_group(backend, "env://", int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), local_world, num_machines_from_env(local_world), timeout)
         try:
             return main_func(*args)

@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Dict, List, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["build_optimizer", "build_lr_scheduler", "WarmupLRScheduler", "auto_scale_workers"]
+__all__ = ["WarmupLRScheduler", "auto_scale_workers", "build_lr_scheduler", "build_optimizer"]
 
 logger = logging.getLogger(__name__)
 
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
-def _param_groups(model: nn.Module, cfg: Any) -> List[Dict[str, Any]]:
+def _param_groups(model: nn.Module, cfg: Any) -> list[dict[str, Any]]:
     """One group per (weight decay) value: norm-layer params and biases may use their own."""
     wd, wd_norm, wd_bias = cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.WEIGHT_DECAY_NORM, cfg.SOLVER.WEIGHT_DECAY_BIAS
-    groups: Dict[float, List[nn.Parameter]] = {}
+    groups: dict[float, list[nn.Parameter]] = {}
     seen = set()
     for module in model.modules():
         is_norm = isinstance(module, _NORM_TYPES) or "norm" in type(module).__name__.lower()
@@ -114,10 +115,10 @@ class WarmupLRScheduler:
         self.last_iter += 1
         self._apply()
 
-    def get_last_lr(self) -> List[float]:
+    def get_last_lr(self) -> list[float]:
         return [g["lr"] for g in self.optimizer.param_groups]
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"last_iter": self.last_iter, "base_lrs": list(self.base_lrs)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -158,7 +159,7 @@ def auto_scale_workers(cfg: Any, num_workers: int) -> Any:
     frozen = cfg.is_frozen()
     cfg.defrost()
     k = num_workers / ref
-    bs = int(round(cfg.SOLVER.IMS_PER_BATCH * k))
+    bs = round(cfg.SOLVER.IMS_PER_BATCH * k)
     if abs(bs - cfg.SOLVER.IMS_PER_BATCH * k) > 1e-6:
         from ..config import ConfigError
 
@@ -168,11 +169,11 @@ def auto_scale_workers(cfg: Any, num_workers: int) -> Any:
         )
     cfg.SOLVER.IMS_PER_BATCH = bs
     cfg.SOLVER.BASE_LR *= k
-    cfg.SOLVER.MAX_ITER = int(round(cfg.SOLVER.MAX_ITER / k))
-    cfg.SOLVER.WARMUP_ITERS = int(round(cfg.SOLVER.WARMUP_ITERS / k))
-    cfg.SOLVER.STEPS = tuple(int(round(s / k)) for s in cfg.SOLVER.STEPS)
-    cfg.SOLVER.CHECKPOINT_PERIOD = max(int(round(cfg.SOLVER.CHECKPOINT_PERIOD / k)), 1)
-    cfg.TEST.EVAL_PERIOD = int(round(cfg.TEST.EVAL_PERIOD / k))
+    cfg.SOLVER.MAX_ITER = round(cfg.SOLVER.MAX_ITER / k)
+    cfg.SOLVER.WARMUP_ITERS = round(cfg.SOLVER.WARMUP_ITERS / k)
+    cfg.SOLVER.STEPS = tuple(round(s / k) for s in cfg.SOLVER.STEPS)
+    cfg.SOLVER.CHECKPOINT_PERIOD = max(round(cfg.SOLVER.CHECKPOINT_PERIOD / k), 1)
+    cfg.TEST.EVAL_PERIOD = round(cfg.TEST.EVAL_PERIOD / k)
     cfg.SOLVER.REFERENCE_WORLD_SIZE = num_workers
     logger.info(
         f"Auto-scaled the config from {ref} to {num_workers} processes: IMS_PER_BATCH={bs}, "

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import time
 import weakref
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from torch import nn
 from ..utils import comm
 from ..utils.events import EventStorage, get_event_storage
 
-__all__ = ["HookBase", "TrainerBase", "SimpleTrainer", "AMPTrainer", "NonFiniteLossError"]
+__all__ = ["AMPTrainer", "HookBase", "NonFiniteLossError", "SimpleTrainer", "TrainerBase"]
 
 logger = logging.getLogger("retinakit.trainer")
 
@@ -52,7 +53,7 @@ class HookBase:
     def after_step(self) -> None:
         """Called after each iteration (after the optimizer step)."""
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -67,14 +68,14 @@ class TrainerBase:
     """
 
     def __init__(self) -> None:
-        self._hooks: List[HookBase] = []
+        self._hooks: list[HookBase] = []
         self.iter = 0
         self.start_iter = 0
         self.max_iter = 0
         self.completed = False
         self.storage: EventStorage
 
-    def register_hooks(self, hooks: Sequence[Optional[HookBase]]) -> None:
+    def register_hooks(self, hooks: Sequence[HookBase | None]) -> None:
         """Append hooks; they are called in the order of registration."""
         for h in hooks:
             if h is None:
@@ -85,7 +86,7 @@ class TrainerBase:
             self._hooks.append(h)
 
     @property
-    def hooks(self) -> List[HookBase]:
+    def hooks(self) -> list[HookBase]:
         return list(self._hooks)
 
     def train(self, start_iter: int, max_iter: int) -> None:
@@ -132,7 +133,7 @@ class TrainerBase:
     def run_step(self) -> None:
         raise NotImplementedError
 
-    def _hook_keys(self) -> List[str]:
+    def _hook_keys(self) -> list[str]:
         keys, seen = [], {}
         for h in self._hooks:
             name = type(h).__qualname__
@@ -140,7 +141,7 @@ class TrainerBase:
             keys.append(name if seen[name] == 1 else f"{name}.{seen[name] - 1}")
         return keys
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         hooks = {}
         for key, h in zip(self._hook_keys(), self._hooks):
             s = h.state_dict()
@@ -158,7 +159,7 @@ class TrainerBase:
             logger.warning(f"Checkpoint has state for hooks that are not registered now: {sorted(saved)}")
 
 
-def _image_ids(batch: Any) -> List[Any]:
+def _image_ids(batch: Any) -> list[Any]:
     if isinstance(batch, (list, tuple)):
         return [d.get("image_id", d.get("file_name")) for d in batch if isinstance(d, dict)]
     return []
@@ -181,7 +182,7 @@ class SimpleTrainer(TrainerBase):
         data_loader: Iterable[Any],
         optimizer: torch.optim.Optimizer,
         accumulate_steps: int = 1,
-        clip_grad: Optional[tuple] = None,
+        clip_grad: tuple | None = None,
     ) -> None:
         super().__init__()
         if accumulate_steps < 1:
@@ -189,7 +190,7 @@ class SimpleTrainer(TrainerBase):
         model.train()
         self.model = model
         self.data_loader = data_loader
-        self._data_iter: Optional[Any] = None
+        self._data_iter: Any | None = None
         self.optimizer = optimizer
         self.accumulate_steps = accumulate_steps
         self.clip_grad = clip_grad
@@ -226,7 +227,7 @@ class SimpleTrainer(TrainerBase):
         data_time = time.perf_counter() - t0
 
         self.optimizer.zero_grad(set_to_none=True)
-        totals: Dict[str, torch.Tensor] = {}
+        totals: dict[str, torch.Tensor] = {}
         for i, batch in enumerate(batches):
             # DDP: synchronise gradients only on the last micro-batch.
             sync = i == n - 1 or not hasattr(self.model, "no_sync")
@@ -243,7 +244,7 @@ class SimpleTrainer(TrainerBase):
         self._optimizer_step()
         self._write_metrics(totals, data_time)
 
-    def _check_finite(self, loss_dict: Dict[str, torch.Tensor], batch: Any) -> None:
+    def _check_finite(self, loss_dict: dict[str, torch.Tensor], batch: Any) -> None:
         """Raise NonFiniteLossError on every rank if any rank's loss is NaN/Inf (before backward,
         so no rank is left waiting in DDP's gradient all-reduce)."""
         total = sum(loss_dict.values())
@@ -272,7 +273,7 @@ class SimpleTrainer(TrainerBase):
         else:
             torch.nn.utils.clip_grad_norm_(params, value, norm_type=norm_type)
 
-    def _write_metrics(self, loss_dict: Dict[str, torch.Tensor], data_time: float) -> None:
+    def _write_metrics(self, loss_dict: dict[str, torch.Tensor], data_time: float) -> None:
         reduced = comm.reduce_dict(loss_dict)
         storage = get_event_storage()
         storage.put_scalar("data_time", data_time)
@@ -296,7 +297,7 @@ class AMPTrainer(SimpleTrainer):
         data_loader: Iterable[Any],
         optimizer: torch.optim.Optimizer,
         dtype: torch.dtype = torch.float16,
-        grad_scaler: Optional[Any] = None,
+        grad_scaler: Any | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, data_loader, optimizer, **kwargs)
@@ -328,7 +329,7 @@ class AMPTrainer(SimpleTrainer):
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         if self.grad_scaler is not None:
             state["grad_scaler"] = self.grad_scaler.state_dict()

@@ -15,22 +15,21 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import numpy as np
-import torch
 
 from ..utils import comm
 from .evaluator import DatasetEvaluator
 
-__all__ = ["COCOEvaluator", "instances_to_coco_json", "dataset_dicts_to_coco"]
+__all__ = ["COCOEvaluator", "dataset_dicts_to_coco", "instances_to_coco_json"]
 
 logger = logging.getLogger(__name__)
 
 METRIC_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
 
-def instances_to_coco_json(instances: Any, image_id: Any, to_dataset_id: Optional[Dict[int, int]]) -> List[Dict[str, Any]]:
+def instances_to_coco_json(instances: Any, image_id: Any, to_dataset_id: dict[int, int] | None) -> list[dict[str, Any]]:
     """Rows ``{image_id, category_id, bbox [x, y, w, h], score}`` of one image's detections.
 
     ``instances``: Instances with ``pred_boxes`` (Boxes, ``[N, 4]`` xyxy), ``scores`` ``[N]``,
@@ -50,7 +49,7 @@ def instances_to_coco_json(instances: Any, image_id: Any, to_dataset_id: Optiona
     return rows
 
 
-def dataset_dicts_to_coco(dicts: List[Dict[str, Any]], class_names: List[str], to_dataset_id: Dict[int, int]) -> Dict[str, Any]:
+def dataset_dicts_to_coco(dicts: list[dict[str, Any]], class_names: list[str], to_dataset_id: dict[int, int]) -> dict[str, Any]:
     """A COCO ground-truth dict from dataset dicts (``bbox`` absolute xyxy, contiguous ``category_id``)."""
     images, anns = [], []
     for d in dicts:
@@ -103,12 +102,12 @@ class COCOEvaluator(DatasetEvaluator):
 
     def __init__(
         self,
-        dataset_name: Optional[str] = None,
+        dataset_name: str | None = None,
         output_dir: str = "",
         *,
         distributed: bool = True,
-        json_file: Optional[str] = None,
-        contiguous_id_to_dataset_id: Optional[Dict[int, int]] = None,
+        json_file: str | None = None,
+        contiguous_id_to_dataset_id: dict[int, int] | None = None,
         max_dets_per_image: int = 100,
         use_fast_impl: bool = False,
     ) -> None:
@@ -117,7 +116,7 @@ class COCOEvaluator(DatasetEvaluator):
         self._max_dets = max_dets_per_image
         self._COCO, self._COCOeval = _coco_api(use_fast_impl)
         self._to_dataset_id = contiguous_id_to_dataset_id
-        self._class_names: Optional[List[str]] = None
+        self._class_names: list[str] | None = None
         gt_source = json_file or self._json_from_catalog(dataset_name)
         with contextlib.redirect_stdout(io.StringIO()):
             self._coco_gt = self._COCO(gt_source) if isinstance(gt_source, str) else self._coco_from_dict(gt_source)
@@ -126,15 +125,15 @@ class COCOEvaluator(DatasetEvaluator):
             self._to_dataset_id = {i: c for i, c in enumerate(cats)}
         if self._class_names is None:
             self._class_names = [self._coco_gt.cats[self._to_dataset_id[i]].get("name", str(self._to_dataset_id[i])) for i in range(len(self._to_dataset_id))]
-        self._predictions: List[Dict[str, Any]] = []
+        self._predictions: list[dict[str, Any]] = []
 
-    def _coco_from_dict(self, data: Dict[str, Any]) -> Any:
+    def _coco_from_dict(self, data: dict[str, Any]) -> Any:
         coco = self._COCO()
         coco.dataset = data
         coco.createIndex()
         return coco
 
-    def _json_from_catalog(self, name: Optional[str]) -> Any:
+    def _json_from_catalog(self, name: str | None) -> Any:
         if name is None:
             raise ValueError("COCOEvaluator needs dataset_name or json_file.")
         from ..data import DatasetCatalog, MetadataCatalog
@@ -156,18 +155,18 @@ class COCOEvaluator(DatasetEvaluator):
     def reset(self) -> None:
         self._predictions = []
 
-    def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
+    def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
         for inp, out in zip(inputs, outputs):
             rows = instances_to_coco_json(out["instances"], inp["image_id"], self._to_dataset_id)
             self._predictions.append({"image_id": inp["image_id"], "rows": rows})
 
-    def _gathered(self) -> Optional[List[Dict[str, Any]]]:
+    def _gathered(self) -> list[dict[str, Any]] | None:
         if not self._distributed or comm.get_world_size() == 1:
             return self._predictions
         parts = comm.gather(self._predictions, dst=0)
         return list(itertools.chain(*parts)) if comm.is_main_process() else None
 
-    def evaluate(self) -> Dict[str, Any]:
+    def evaluate(self) -> dict[str, Any]:
         preds = self._gathered()
         if preds is None:
             return {}
@@ -181,7 +180,7 @@ class COCOEvaluator(DatasetEvaluator):
             logger.info(f"Wrote {len(rows)} detections of {len(image_ids)} images to {path}")
         return OrderedDict(bbox=self._coco_eval(rows, image_ids))
 
-    def _coco_eval(self, rows: List[Dict[str, Any]], image_ids: List[Any]) -> Dict[str, float]:
+    def _coco_eval(self, rows: list[dict[str, Any]], image_ids: list[Any]) -> dict[str, float]:
         if not rows:
             logger.warning("No detections at all: every AP is 0.")
             return {m: 0.0 for m in METRIC_NAMES}
@@ -199,11 +198,11 @@ class COCOEvaluator(DatasetEvaluator):
         results.update(self._per_class(ev))
         return results
 
-    def _per_class(self, ev: Any) -> Dict[str, float]:
+    def _per_class(self, ev: Any) -> dict[str, float]:
         """AP per class (IoU .50:.95, area all, max dets) and a table in the log."""
         precision = ev.eval["precision"]  # [T IoUs, R recalls, K classes, A areas, M maxDets]
         cat_ids = list(ev.params.catIds)
-        out: Dict[str, float] = {}
+        out: dict[str, float] = {}
         for k, name in enumerate(self._class_names or []):
             cat = self._to_dataset_id[k]
             if cat not in cat_ids:
@@ -215,7 +214,7 @@ class COCOEvaluator(DatasetEvaluator):
         return out
 
     @staticmethod
-    def _log_table(per_class: Dict[str, float]) -> None:
+    def _log_table(per_class: dict[str, float]) -> None:
         from tabulate import tabulate
 
         items = [(k[3:], f"{v:.3f}") for k, v in per_class.items()]

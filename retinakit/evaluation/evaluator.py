@@ -5,8 +5,9 @@ import logging
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,10 +26,10 @@ class DatasetEvaluator:
     def reset(self) -> None:
         pass
 
-    def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
+    def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
         raise NotImplementedError
 
-    def evaluate(self) -> Dict[str, Any]:
+    def evaluate(self) -> dict[str, Any]:
         raise NotImplementedError
 
 
@@ -42,12 +43,12 @@ class DatasetEvaluators(DatasetEvaluator):
         for e in self._evaluators:
             e.reset()
 
-    def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
+    def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
         for e in self._evaluators:
             e.process(inputs, outputs)
 
-    def evaluate(self) -> Dict[str, Any]:
-        results: Dict[str, Any] = OrderedDict()
+    def evaluate(self) -> dict[str, Any]:
+        results: dict[str, Any] = OrderedDict()
         for e in self._evaluators:
             for k, v in (e.evaluate() or {}).items():
                 if k in results:
@@ -56,7 +57,7 @@ class DatasetEvaluators(DatasetEvaluator):
         return results
 
 
-def _progress(iterable: Iterable[Any], total: Optional[int], enabled: bool) -> Any:
+def _progress(iterable: Iterable[Any], total: int | None, enabled: bool) -> Any:
     if not enabled:
         return iterable
     from tqdm import tqdm
@@ -66,11 +67,11 @@ def _progress(iterable: Iterable[Any], total: Optional[int], enabled: bool) -> A
 
 def inference_on_dataset(
     model: nn.Module,
-    data_loader: Iterable[List[Dict[str, Any]]],
-    evaluator: Optional[Union[DatasetEvaluator, Sequence[DatasetEvaluator]]],
+    data_loader: Iterable[list[dict[str, Any]]],
+    evaluator: DatasetEvaluator | Sequence[DatasetEvaluator] | None,
     *,
     progress: bool = True,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Run ``model`` in eval mode over ``data_loader`` and evaluate with ``evaluator``.
 
     Shows a tqdm progress bar on the main process and logs images/s (model time, the

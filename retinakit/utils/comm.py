@@ -2,27 +2,27 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 __all__ = [
-    "get_world_size",
-    "get_rank",
-    "get_local_rank",
-    "get_local_size",
-    "is_main_process",
-    "synchronize",
     "all_gather",
     "gather",
+    "get_local_rank",
+    "get_local_size",
+    "get_rank",
+    "get_world_size",
+    "is_main_process",
     "reduce_dict",
     "shared_random_seed",
+    "synchronize",
 ]
 
 # Process group of the processes on this machine; set by engine.launch.
-_LOCAL_PROCESS_GROUP: Optional[Any] = None
+_LOCAL_PROCESS_GROUP: Any | None = None
 _LOCAL_SIZE = 1
 
 
@@ -54,7 +54,7 @@ def get_local_rank() -> int:
         return dist.get_rank(group=_LOCAL_PROCESS_GROUP)
     import os
 
-    return int(os.environ.get("LOCAL_RANK", 0))
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def get_local_size() -> int:
@@ -76,7 +76,7 @@ def synchronize() -> None:
         dist.barrier()
 
 
-@functools.lru_cache()
+@functools.lru_cache
 def _cpu_group() -> Any:
     """A gloo group for gathering Python objects (NCCL cannot move CPU objects)."""
     if dist.get_backend() == "nccl":
@@ -84,29 +84,29 @@ def _cpu_group() -> Any:
     return dist.group.WORLD
 
 
-def all_gather(data: Any) -> List[Any]:
+def all_gather(data: Any) -> list[Any]:
     """Gather a picklable object from every process; returns a list indexed by rank."""
     if get_world_size() == 1:
         return [data]
-    out: List[Any] = [None] * get_world_size()
+    out: list[Any] = [None] * get_world_size()
     dist.all_gather_object(out, data, group=_cpu_group())
     return out
 
 
-def gather(data: Any, dst: int = 0) -> List[Any]:
+def gather(data: Any, dst: int = 0) -> list[Any]:
     """Gather a picklable object on rank ``dst``; other ranks get ``[]``."""
     if get_world_size() == 1:
         return [data]
     group = _cpu_group()
     if get_rank() == dst:
-        out: List[Any] = [None] * get_world_size()
+        out: list[Any] = [None] * get_world_size()
         dist.gather_object(data, out, dst=dst, group=group)
         return out
     dist.gather_object(data, None, dst=dst, group=group)
     return []
 
 
-def reduce_dict(values: Dict[str, torch.Tensor], average: bool = True) -> Dict[str, torch.Tensor]:
+def reduce_dict(values: dict[str, torch.Tensor], average: bool = True) -> dict[str, torch.Tensor]:
     """Sum (or average) a dict of scalar tensors over processes; same keys on every rank."""
     if get_world_size() == 1:
         return values

@@ -5,15 +5,14 @@ import os
 import platform
 import random
 import sys
-from typing import Optional
 
 import numpy as np
 import torch
 
-__all__ = ["seed_all_rng", "collect_env_info"]
+__all__ = ["collect_env_info", "seed_all_rng"]
 
 
-def seed_all_rng(seed: Optional[int] = None) -> int:
+def seed_all_rng(seed: int | None = None) -> int:
     """Seed python, numpy and torch; a ``None``/negative seed draws one from the OS. Returns it."""
     if seed is None or seed < 0:
         seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
@@ -33,7 +32,7 @@ def collect_env_info() -> str:
         import torchvision
 
         lines.append(f"torchvision: {torchvision.__version__}")
-    except Exception as e:  # torchvision is optional here; report why it is unusable
+    except Exception as e:  # noqa: BLE001 - torchvision is optional here; report why it is unusable
         lines.append(f"torchvision: unavailable ({e})")
     if torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]

@@ -12,24 +12,24 @@ import logging
 import os
 import time
 from collections import defaultdict
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import torch
 
 __all__ = [
+    "CommonMetricPrinter",
     "EventStorage",
-    "get_event_storage",
     "EventWriter",
+    "HistoryBuffer",
     "JSONWriter",
     "TensorboardWriter",
-    "CommonMetricPrinter",
-    "HistoryBuffer",
+    "get_event_storage",
 ]
 
-_STORAGE_STACK: List["EventStorage"] = []
+_STORAGE_STACK: list[EventStorage] = []
 
 
-def get_event_storage() -> "EventStorage":
+def get_event_storage() -> EventStorage:
     """The innermost :class:`EventStorage` in use (the trainer opens one in ``train()``)."""
     if not _STORAGE_STACK:
         raise RuntimeError("get_event_storage() must be called inside a 'with EventStorage(...)' block.")
@@ -41,7 +41,7 @@ class HistoryBuffer:
 
     def __init__(self, max_length: int = 10000) -> None:
         self.max_length = max_length
-        self.values: List[Tuple[float, int]] = []
+        self.values: list[tuple[float, int]] = []
         self.total = 0.0
         self.count = 0
 
@@ -71,11 +71,11 @@ class EventStorage:
     """Scalars logged during training, keyed by name, with the iteration they belong to."""
 
     def __init__(self, start_iter: int = 0) -> None:
-        self._history: Dict[str, HistoryBuffer] = defaultdict(HistoryBuffer)
-        self._latest: Dict[str, Tuple[float, int]] = {}
-        self._smoothing: Dict[str, bool] = {}
+        self._history: dict[str, HistoryBuffer] = defaultdict(HistoryBuffer)
+        self._latest: dict[str, tuple[float, int]] = {}
+        self._smoothing: dict[str, bool] = {}
         self.iter = start_iter
-        self._vis: List[Tuple[str, Any, int]] = []
+        self._vis: list[tuple[str, Any, int]] = []
 
     def put_scalar(self, name: str, value: Any, smoothing_hint: bool = True) -> None:
         """Record ``value`` (float or 0-dim tensor) for the current iteration."""
@@ -92,7 +92,7 @@ class EventStorage:
         """Queue an image (CHW uint8 tensor) for TensorBoard."""
         self._vis.append((name, image_chw, self.iter))
 
-    def pop_images(self) -> List[Tuple[str, Any, int]]:
+    def pop_images(self) -> list[tuple[str, Any, int]]:
         out, self._vis = self._vis, []
         return out
 
@@ -101,14 +101,14 @@ class EventStorage:
             raise KeyError(f"No scalar named {name} was logged.")
         return self._history[name]
 
-    def histories(self) -> Dict[str, HistoryBuffer]:
+    def histories(self) -> dict[str, HistoryBuffer]:
         return self._history
 
-    def latest(self) -> Dict[str, Tuple[float, int]]:
+    def latest(self) -> dict[str, tuple[float, int]]:
         """name -> (latest value, iteration it was logged at)."""
         return self._latest
 
-    def latest_with_smoothing_hint(self, window: int = 20) -> Dict[str, Tuple[float, int]]:
+    def latest_with_smoothing_hint(self, window: int = 20) -> dict[str, tuple[float, int]]:
         """Like :meth:`latest`, with smoothed scalars replaced by their median over ``window``."""
         out = {}
         for k, (v, it) in self._latest.items():
@@ -118,11 +118,11 @@ class EventStorage:
     def step(self) -> None:
         self.iter += 1
 
-    def __enter__(self) -> "EventStorage":
+    def __enter__(self) -> EventStorage:
         _STORAGE_STACK.append(self)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         assert _STORAGE_STACK[-1] is self
         _STORAGE_STACK.pop()
 
@@ -152,7 +152,7 @@ class JSONWriter(EventWriter):
 
     def write(self) -> None:
         storage = get_event_storage()
-        by_iter: Dict[int, Dict[str, float]] = defaultdict(dict)
+        by_iter: dict[int, dict[str, float]] = defaultdict(dict)
         for k, (v, it) in storage.latest_with_smoothing_hint(self._window).items():
             if it > self._last_written:
                 by_iter[it][k] = v
@@ -194,7 +194,7 @@ class TensorboardWriter(EventWriter):
 class CommonMetricPrinter(EventWriter):
     """Console line: iteration, ETA, losses, lr, images/s, time/iter and peak memory."""
 
-    def __init__(self, max_iter: int, ims_per_batch: Optional[int] = None, window_size: int = 20) -> None:
+    def __init__(self, max_iter: int, ims_per_batch: int | None = None, window_size: int = 20) -> None:
         self.logger = logging.getLogger("retinakit.trainer")
         self._max_iter = max_iter
         self._ims = ims_per_batch
@@ -233,7 +233,7 @@ class CommonMetricPrinter(EventWriter):
         self.logger.info("  ".join(p for p in parts if p))
 
 
-def _peak_memory_mb() -> Optional[float]:
+def _peak_memory_mb() -> float | None:
     """Peak accelerator memory (CUDA) or peak resident memory of this process (CPU), in MB."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return torch.cuda.max_memory_allocated() / 2**20
@@ -250,7 +250,7 @@ def timestamp() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def write_metrics_row(path: str, row: Dict[str, Any]) -> None:
+def write_metrics_row(path: str, row: dict[str, Any]) -> None:
     """Append one JSON object to ``metrics.json`` (used by the evaluation watcher)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Optional
 
 __all__ = ["setup_logger"]
 
@@ -22,7 +21,7 @@ class _ShortFormatter(logging.Formatter):
 
 
 def setup_logger(
-    output: Optional[str] = None, distributed_rank: int = 0, name: str = "retinakit", level: int = logging.INFO
+    output: str | None = None, distributed_rank: int = 0, name: str = "retinakit", level: int = logging.INFO
 ) -> logging.Logger:
     """Configure logger ``name``: console on rank 0, and ``output`` (a file or a dir -> log.txt).
 

@@ -6,7 +6,8 @@ no display needed, nothing configured at import.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ _COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30
 def draw_instances(
     image: np.ndarray,
     instances: Any,
-    class_names: Optional[Sequence[str]] = None,
+    class_names: Sequence[str] | None = None,
     score_thresh: float = 0.5,
     scale: int = 1,
 ) -> Any:
@@ -49,7 +50,7 @@ def draw_instances(
     return pil
 
 
-def read_metrics(path: str) -> List[Dict[str, Any]]:
+def read_metrics(path: str) -> list[dict[str, Any]]:
     """Rows of a ``metrics.json`` file (one JSON object per line; torn lines skipped)."""
     rows = []
     with open(path, encoding="utf-8") as f:

@@ -4,10 +4,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
-
 from _engine_dummy import DummyDetector, SyntheticLoader
 from _engine_trainer import DummyTrainer, params_of, tiny_cfg
+from torch import nn
+
 from retinakit.utils import comm
 
 

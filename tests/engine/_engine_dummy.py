@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import itertools
 import random
-from typing import Any, Dict, Iterator, List
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,15 +32,15 @@ class DummyDetector(nn.Module):
         self.reg = nn.Linear(8, 4)
         self.nan_at_call = nan_at_call
         self.calls = 0
-        self.seen_dtypes: List[torch.dtype] = []
+        self.seen_dtypes: list[torch.dtype] = []
 
-    def _features(self, batch: List[Dict[str, Any]]) -> torch.Tensor:
+    def _features(self, batch: list[dict[str, Any]]) -> torch.Tensor:
         x = torch.stack([d["image"].float() / 255.0 for d in batch]).to(self.conv.weight.device)
         y = self.conv(x)
         self.seen_dtypes.append(y.dtype)
         return self.drop(torch.relu(self.norm(y))).mean(dim=(2, 3))  # [B, 8]
 
-    def forward(self, batch: List[Dict[str, Any]]) -> Any:
+    def forward(self, batch: list[dict[str, Any]]) -> Any:
         f = self._features(batch)
         if not self.training:
             out = []
@@ -62,7 +63,7 @@ class DummyDetector(nn.Module):
         return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg}
 
 
-def make_sample(index: int, size: int = 16) -> Dict[str, Any]:
+def make_sample(index: int, size: int = 16) -> dict[str, Any]:
     """Sample ``index`` of an endless synthetic dataset (a pure function of ``index``)."""
     g = torch.Generator().manual_seed(1000 + index)
     image = torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8)
@@ -81,7 +82,7 @@ class SyntheticLoader:
         self.bs, self.rank, self.world, self.start = batch_size, rank, world, start_iter
         self.augment = augment
 
-    def __iter__(self) -> Iterator[List[Dict[str, Any]]]:
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
         for k in itertools.count(self.start):
             first = (k * self.world + self.rank) * self.bs
             batch = [make_sample(i) for i in range(first, first + self.bs)]

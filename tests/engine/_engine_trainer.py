@@ -1,12 +1,12 @@
 """A DefaultTrainer on the dummy model and synthetic stream (no data/model packages needed)."""
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any
 
 import torch
+from _engine_dummy import DummyDetector, SyntheticLoader
 from torch import nn
 
-from _engine_dummy import DummyDetector, SyntheticLoader
 from retinakit.config import get_cfg
 from retinakit.engine import DefaultTrainer
 from retinakit.utils import comm
@@ -26,7 +26,7 @@ class DummyTrainer(DefaultTrainer):
         return SyntheticLoader(bs, comm.get_rank(), comm.get_world_size(), start_iter * accum)
 
     @classmethod
-    def test_dataset_names(cls, cfg: Any) -> List[str]:
+    def test_dataset_names(cls, cfg: Any) -> list[str]:
         return []
 
 
@@ -52,6 +52,6 @@ def tiny_cfg(output_dir: str, **overrides: Any) -> Any:
     return cfg
 
 
-def params_of(model: nn.Module) -> Dict[str, torch.Tensor]:
+def params_of(model: nn.Module) -> dict[str, torch.Tensor]:
     m = model.module if hasattr(model, "module") else model
     return {k: v.detach().clone() for k, v in m.state_dict().items()}

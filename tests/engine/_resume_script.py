@@ -10,11 +10,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import torch  # noqa: E402
+import torch
+from _engine_trainer import DummyTrainer, tiny_cfg
 
-from _engine_trainer import DummyTrainer, tiny_cfg  # noqa: E402
-from retinakit.engine import default_setup  # noqa: E402
-from retinakit.engine.hooks import CallbackHook  # noqa: E402
+from retinakit.engine import default_setup
+from retinakit.engine.hooks import CallbackHook
 
 
 def _report(trainer):

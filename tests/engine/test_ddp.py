@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import torch
-
 from _engine_ddp import train_and_save
+
 from retinakit.engine import launch
 
 

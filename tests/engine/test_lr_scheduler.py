@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from retinakit.config import get_cfg
-from retinakit.engine.solver import WarmupLRScheduler, auto_scale_workers, build_lr_scheduler, build_optimizer
+from retinakit.engine.solver import (
+    WarmupLRScheduler,
+    auto_scale_workers,
+    build_lr_scheduler,
+    build_optimizer,
+)
 
 
 def _opt(lr=0.1):

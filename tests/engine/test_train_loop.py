@@ -7,12 +7,18 @@ import os
 
 import pytest
 import torch
-
 from _engine_dummy import DummyDetector, SyntheticLoader
-from _engine_trainer import DummyTrainer, params_of, tiny_cfg
-from retinakit.engine import AMPTrainer, HOOK_REGISTRY, HookBase, NonFiniteLossError, SimpleTrainer, TrainerBase
-from retinakit.engine.hooks import BestCheckpointer, CallbackHook, EMAHook
+from _engine_trainer import DummyTrainer, tiny_cfg
+
 from retinakit.checkpoint import Checkpointer
+from retinakit.engine import (
+    HOOK_REGISTRY,
+    AMPTrainer,
+    HookBase,
+    NonFiniteLossError,
+    SimpleTrainer,
+)
+from retinakit.engine.hooks import BestCheckpointer, CallbackHook, EMAHook
 
 
 class Recorder(HookBase):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ CAT_IDS = [3, 7, 11, 20]
 NAMES = ["circle", "square", "triangle", "star"]
 
 
-def make_gt_and_dets(seed: int = 0, n_images: int = 30) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+def make_gt_and_dets(seed: int = 0, n_images: int = 30) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     rng = np.random.default_rng(seed)
     images, anns, dets = [], [], []
     for i in range(n_images):
@@ -41,13 +41,13 @@ def make_gt_and_dets(seed: int = 0, n_images: int = 30) -> Tuple[Dict[str, Any],
     return gt, dets
 
 
-def write_gt(path: str, gt: Dict[str, Any]) -> str:
+def write_gt(path: str, gt: dict[str, Any]) -> str:
     with open(path, "w") as f:
         json.dump(gt, f)
     return path
 
 
-def model_outputs(gt: Dict[str, Any], dets: List[Dict[str, Any]]) -> Tuple[List[dict], List[dict]]:
+def model_outputs(gt: dict[str, Any], dets: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
     """(inputs, outputs) as a retinakit model would produce them (contiguous class ids)."""
     to_contig = {c: i for i, c in enumerate(CAT_IDS)}
     inputs, outputs = [], []

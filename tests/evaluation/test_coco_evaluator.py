@@ -8,10 +8,17 @@ import math
 
 import numpy as np
 import pytest
+from _coco_fixture import (
+    CAT_IDS,
+    NAMES,
+    evaluate_in_process,
+    make_gt_and_dets,
+    model_outputs,
+    write_gt,
+)
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from _coco_fixture import CAT_IDS, NAMES, evaluate_in_process, make_gt_and_dets, model_outputs, write_gt
 from retinakit.engine import launch
 from retinakit.evaluation import COCOEvaluator, inference_on_dataset
 
