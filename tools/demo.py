@@ -107,6 +107,18 @@ def _as_hwc(image: Any) -> Any:
     return np.asarray(image)
 
 
+def _share_cores(cfg: Any) -> None:
+    """One core per data-loader worker, the rest for the model's threads (unless the user set
+    OMP_NUM_THREADS). On small CPUs, more compute threads than free cores makes OpenMP spin and
+    wait: on 2 cores with 1 worker, 1 compute thread trains several times faster than 2."""
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.DATALOADER.NUM_WORKERS))
+    print(f"    {torch.get_num_threads()} compute thread(s), {cfg.DATALOADER.NUM_WORKERS} data worker(s), "
+          f"{os.cpu_count()} CPU cores", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     args = parse(argv)
@@ -122,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(cfg.OUTPUT_DIR)
     default_setup(cfg)
     out = os.path.abspath(cfg.OUTPUT_DIR)
+    _share_cores(cfg)
 
     step(1, "Preparing the built-in 'shapes' dataset (generated once, then cached)", t0)
     prepare_data(cfg)

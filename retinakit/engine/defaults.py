@@ -174,7 +174,7 @@ class DefaultTrainer(TrainerBase):
 
         device = next(model.parameters()).device
         ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        return DistributedDataParallel(model, device_ids=ids)
 
     def _build_step_trainer(self, cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer) -> SimpleTrainer:
         clip = cfg.SOLVER.CLIP_GRADIENTS

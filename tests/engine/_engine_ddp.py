@@ -36,3 +36,29 @@ def train_and_save(out_dir: str, result_file: str) -> None:
     losses = [v for v, _ in trainer.storage.history("total_loss").values]
     if comm.is_main_process():
         torch.save({"losses": losses, "params": params_of(trainer.model), "world": comm.get_world_size()}, result_file)
+
+
+class NanOnRank1Trainer(DeterministicTrainer):
+    """Rank 1's loss becomes NaN at iteration 2; rank 0's stays finite."""
+
+    @classmethod
+    def build_model(cls, cfg: Any) -> nn.Module:
+        torch.manual_seed(0)
+        return DummyDetector(dropout=0.0, nan_at_call=2 if comm.get_rank() == 1 else -1)
+
+
+def train_until_nan(out_dir: str, result_prefix: str) -> None:
+    """Both ranks must stop with NonFiniteLossError at the same iteration (no hang)."""
+    from retinakit.engine import NonFiniteLossError
+
+    torch.set_num_threads(1)
+    cfg = tiny_cfg(out_dir, SOLVER__MAX_ITER=6, SOLVER__IMS_PER_BATCH=8, SOLVER__CHECKPOINT_PERIOD=100)
+    trainer = NanOnRank1Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    try:
+        trainer.train()
+        msg = "no error"
+    except NonFiniteLossError as e:
+        msg = str(e)
+    with open(f"{result_prefix}.{comm.get_rank()}", "w") as f:
+        f.write(msg)

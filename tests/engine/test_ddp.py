@@ -18,3 +18,14 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     for k in a["params"]:
         torch.testing.assert_close(a["params"][k], b["params"][k], rtol=1e-4, atol=1e-5, msg=k)
     assert not torch.equal(a["params"]["conv.weight"], torch.zeros_like(a["params"]["conv.weight"]))
+
+
+def test_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
+    from _engine_ddp import train_until_nan
+
+    prefix = str(tmp_path / "msg")
+    launch(train_until_nan, 2, dist_url="auto", args=(str(tmp_path / "o"), prefix))
+    m0, m1 = open(prefix + ".0").read(), open(prefix + ".1").read()
+    assert "iteration 2" in m0 and "iteration 2" in m1
+    assert "another rank" in m0 and "non-finite here" in m1
+    assert "[20, 21, 22, 23]" in m1  # rank 1 of 2, 4 images each: iteration 2 starts at (2 * 2 + 1) * 4
