@@ -45,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _time(fn: Callable[[], Any], warmup: int, repeats: int) -> dict[str, float]:
+    """Median, IQR and minimum (ms) of ``repeats`` calls after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
     ts = []
