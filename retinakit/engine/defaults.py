@@ -96,11 +96,15 @@ def default_setup(cfg: Any, args: argparse.Namespace | None = None) -> None:
 
 def default_writers(output_dir: str, max_iter: int, ims_per_batch: int | None = None) -> list[EventWriter]:
     """Console line, ``metrics.json`` and TensorBoard events under ``output_dir``."""
-    return [
+    writers: list[EventWriter] = [
         CommonMetricPrinter(max_iter, ims_per_batch),
         JSONWriter(os.path.join(output_dir, "metrics.json")),
-        TensorboardWriter(output_dir),
     ]
+    try:
+        writers.append(TensorboardWriter(output_dir))
+    except ImportError as e:  # the tensorboard package is missing: everything else still works
+        logger.warning(f"TensorBoard events are not written ({e}); pip install tensorboard to get them.")
+    return writers
 
 
 def _truncate_metrics(path: str, start_iter: int) -> None:
