@@ -14,7 +14,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = (
+__all__ = [
+    "__version__",
     "checkpoint",
     "config",
     "data",
@@ -25,9 +26,9 @@ _SUBPACKAGES = (
     "ops",
     "structures",
     "utils",
-)
-
-__all__ = ["__version__", *_SUBPACKAGES]
+]
+# Subpackages are imported on first attribute access (``retinakit.modeling``), not here.
+_SUBPACKAGES = frozenset(__all__) - {"__version__"}
 
 
 def __getattr__(name: str) -> Any:
