@@ -20,11 +20,11 @@ def add_solver_config(_C: CN) -> None:
     _C.SOLVER.BASE_LR = 0.01
     # Final LR of the cosine schedule.
     _C.SOLVER.BASE_LR_END = 0.0
-    _C.SOLVER.MOMENTUM = 0.9
-    _C.SOLVER.NESTEROV = False
+    _C.SOLVER.MOMENTUM = 0.9  # SGD momentum
+    _C.SOLVER.NESTEROV = False  # Nesterov momentum for SGD
     # AdamW betas.
     _C.SOLVER.BETAS = (0.9, 0.999)
-    _C.SOLVER.WEIGHT_DECAY = 1e-4
+    _C.SOLVER.WEIGHT_DECAY = 1e-4  # L2 weight decay (decoupled for AdamW)
     # Weight decay of normalisation layers' parameters (BN/GN scale and shift).
     _C.SOLVER.WEIGHT_DECAY_NORM = 0.0
     # Weight decay of biases of other layers.
@@ -35,11 +35,11 @@ def add_solver_config(_C: CN) -> None:
     _C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
     # Iterations where the LR is multiplied by GAMMA (WarmupMultiStepLR).
     _C.SOLVER.STEPS = (60000, 80000)
-    _C.SOLVER.GAMMA = 0.1
+    _C.SOLVER.GAMMA = 0.1  # LR multiplier at each of STEPS
     # Warmup length in iterations, starting factor and "linear" (ramp) or "constant".
     _C.SOLVER.WARMUP_ITERS = 1000
-    _C.SOLVER.WARMUP_FACTOR = 1.0 / 1000
-    _C.SOLVER.WARMUP_METHOD = "linear"
+    _C.SOLVER.WARMUP_FACTOR = 1.0 / 1000  # LR factor at iteration 0 of the warmup
+    _C.SOLVER.WARMUP_METHOD = "linear"  # "linear" ramp to 1 or "constant" factor during warmup
     # Save a checkpoint every N iterations (model_final.pth at the end in any case).
     _C.SOLVER.CHECKPOINT_PERIOD = 5000
     # Keep only the newest N periodic checkpoints (0 keeps all; model_final/model_best are kept).
@@ -61,14 +61,14 @@ def add_solver_config(_C: CN) -> None:
     _C.SOLVER.CLIP_GRADIENTS.ENABLED = False
     # "norm" (total norm of all gradients) or "value" (each element).
     _C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"
-    _C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 10.0
+    _C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 10.0  # max total norm ("norm") or max absolute element ("value")
     # p of the p-norm for CLIP_TYPE "norm".
     _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
 
     _C.SOLVER.EMA = CN()
     # Keep an exponential moving average of the weights; evaluation and model_final use it.
     _C.SOLVER.EMA.ENABLED = False
-    _C.SOLVER.EMA.DECAY = 0.999
+    _C.SOLVER.EMA.DECAY = 0.999  # EMA weight of the previous average at each step
 
     # Write the console line / metrics.json / TensorBoard every N iterations.
     _C.SOLVER.LOG_PERIOD = 20
