@@ -119,7 +119,7 @@ def _local_path(path: str) -> str:
 
 
 def load_checkpoint_file(path: str) -> dict[str, Any]:
-    """Load a ``.pth`` (``weights_only=True``) or ``.safetensors`` file onto the CPU."""
+    """Load a ``.pth`` (``weights_only=True``), ``.safetensors`` or detectron2 ``.pkl`` file onto the CPU."""
     local = _local_path(path)
     if local.endswith(".safetensors"):
         try:
@@ -129,6 +129,10 @@ def load_checkpoint_file(path: str) -> dict[str, Any]:
                 f"{path} is a safetensors file; install the 'safetensors' package to read it."
             ) from e
         return {"model": load_file(local)}
+    if local.endswith(".pkl"):  # detectron2 model zoo: numpy arrays only, read without running code
+        from .converters.detectron2 import load_pkl
+
+        return load_pkl(local)
     obj = torch.load(local, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict):
         raise ValueError(f"{path} does not hold a dict of tensors (got {type(obj).__name__}).")

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 import torch
 from torch import nn
 
-from .converters import convert, detect_source
+from .converters import check_config, convert, detect_source
 
 __all__ = ["CheckpointMismatchError", "LoadReport", "load_model_weights", "extract_state_dict"]
 
@@ -60,18 +60,44 @@ def _native(sd: Mapping[str, torch.Tensor], model_sd: Mapping[str, torch.Tensor]
     return any(k in model_sd for k in sd)
 
 
-def load_model_weights(model: nn.Module, checkpoint: Mapping[str, Any], source: str = "checkpoint") -> LoadReport:
-    """Load ``checkpoint`` into ``model``; see the module docstring for the rules."""
+def _check_requirements(info: Mapping[str, Any], cfg: Any, source: str) -> None:
+    """Converted weights also need config values that shapes cannot reveal (channel order,
+    stride placement, anchor offset, box coder): refuse a config that contradicts them."""
+    if cfg is None or not info.get("requires"):
+        return
+    problems = check_config(info, cfg)
+    if problems:
+        raise CheckpointMismatchError(
+            f"The weights in {source} were converted from {info.get('source', 'another project')} and need "
+            "config values this config does not have; detections would be silently wrong:\n  "
+            + "\n  ".join(problems)
+            + f"\nUse the config written next to the converted weights ({info.get('config', 'OUT.yaml')})."
+        )
+
+
+def load_model_weights(
+    model: nn.Module, checkpoint: Mapping[str, Any], source: str = "checkpoint", cfg: Any = None
+) -> LoadReport:
+    """Load ``checkpoint`` into ``model``; see the module docstring for the rules.
+
+    ``cfg`` (default: the config ``build_model`` recorded on the model) is checked against
+    what converted weights require (``__retinakit__["requires"]``, or the requirements of
+    an on-the-fly conversion).
+    """
     report = LoadReport()
     sd = extract_state_dict(checkpoint)
     target = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    if cfg is None:
+        cfg = getattr(target, "_build_cfg", None)
     model_sd = target.state_dict()
+    info = checkpoint.get("__retinakit__", {}) if isinstance(checkpoint.get("__retinakit__"), Mapping) else {}
     if not _native(sd, model_sd):
         origin = detect_source(sd)
         if origin is not None:
             sd, info = convert(origin, sd)
             report.converted_from = origin
             logger.info("Converted %s weights from %s (%s).", origin, source, info.get("kind", ""))
+    _check_requirements(info, cfg, source)
     class_prefixes = tuple(getattr(target, "class_specific_keys", ()))
     usable: Dict[str, torch.Tensor] = {}
     bad_shapes, unexpected = [], []

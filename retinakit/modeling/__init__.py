@@ -4,7 +4,7 @@
 """
 from .anchor_generator import ANCHOR_GENERATOR_REGISTRY, DefaultAnchorGenerator, build_anchor_generator
 from .backbone import BACKBONE_REGISTRY, FPN, Backbone, ResNet, ShapeSpec, build_backbone
-from .box_coder import BOX_CODER_REGISTRY, DeltaXYWHBoxCoder, build_box_coder
+from .box_coder import BOX_CODER_REGISTRY, DeltaXYWHBoxCoder, LegacyDeltaXYWHBoxCoder, build_box_coder
 from .heads import HEAD_REGISTRY, RetinaNetHead, build_head
 from .losses import LOSS_REGISTRY, build_loss
 from .matcher import MATCHER_REGISTRY, IoUMatcher, build_matcher
@@ -25,6 +25,7 @@ __all__ = [
     "DeltaXYWHBoxCoder",
     "FPN",
     "IoUMatcher",
+    "LegacyDeltaXYWHBoxCoder",
     "ResNet",
     "RetinaNet",
     "RetinaNetHead",

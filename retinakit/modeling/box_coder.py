@@ -9,7 +9,7 @@ import torch
 from ..config import configurable
 from ..utils.registry import Registry
 
-__all__ = ["BOX_CODER_REGISTRY", "DeltaXYWHBoxCoder", "build_box_coder"]
+__all__ = ["BOX_CODER_REGISTRY", "DeltaXYWHBoxCoder", "LegacyDeltaXYWHBoxCoder", "build_box_coder"]
 
 BOX_CODER_REGISTRY = Registry(
     "BOX_CODER",

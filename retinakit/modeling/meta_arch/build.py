@@ -36,5 +36,7 @@ def build_model(cfg) -> nn.Module:
     """
     import_custom_modules(cfg.CUSTOM_IMPORTS)
     model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
+    # Weight loading checks converted checkpoints against the config the model was built from.
+    model._build_cfg = cfg.clone()
     model.to(resolve_device(cfg.MODEL.DEVICE))
     return model
