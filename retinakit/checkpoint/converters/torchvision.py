@@ -16,13 +16,12 @@ Old torchvision head checkpoints (``conv.{2j}.weight``: conv/ReLU alternating) a
 from __future__ import annotations
 
 import re
-from typing import Dict, Tuple
 
 import torch
 
-StateDict = Dict[str, torch.Tensor]
+StateDict = dict[str, torch.Tensor]
 
-__all__ = ["convert", "matches", "is_imagenet_resnet", "detect_version"]
+__all__ = ["convert", "detect_version", "is_imagenet_resnet", "matches"]
 
 _FPN_RULES = [
     (re.compile(r"^backbone\.fpn\.inner_blocks\.(\d+)\.(?:0\.)?(weight|bias)$"), r"backbone.lateral_convs.\1.conv.\2"),
@@ -78,7 +77,7 @@ def _convert_key(key: str) -> str:
     raise KeyError(key)
 
 
-def convert(sd: StateDict) -> Tuple[StateDict, dict]:
+def convert(sd: StateDict) -> tuple[StateDict, dict]:
     """torchvision state dict -> (retinakit state dict, info with ``source``/``version``/``num_classes``)."""
     if is_imagenet_resnet(sd):
         out = {f"backbone.bottom_up.{k}": v for k, v in sd.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
