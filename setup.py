@@ -91,6 +91,7 @@ setup(
         "numpy",
         "pillow",
         "tqdm",
+        "matplotlib",
     ],
     extras_require=EXTRAS,
     ext_modules=get_extensions(),

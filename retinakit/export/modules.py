@@ -68,6 +68,14 @@ class EndToEndModule(_Trunk):
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         pp = model.postprocessor
+        from ..modeling.postprocess import RetinaNetPostProcessor
+
+        if type(pp) is not RetinaNetPostProcessor:  # a subclass may change forward(): never re-implement it silently
+            raise ValueError(
+                f"End-to-end ONNX export reproduces the built-in RetinaNetPostProcessor, but the model uses "
+                f"{type(pp).__name__} (MODEL.POSTPROCESSOR.NAME): export with mode='heads' (tools/deploy.py "
+                "--mode heads) and run your post-processing on the raw outputs."
+            )
         if getattr(pp, "nms_type", "batched") not in ("batched", "agnostic"):
             raise ValueError(
                 f"End-to-end ONNX export supports MODEL.POSTPROCESSOR.NMS_TYPE 'batched' or 'agnostic', not "

@@ -127,3 +127,24 @@ def test_nms_keep_op_matches_batched_nms():
     capped = nms_keep(boxes, scores, 0.5, 0.05, 2)[0]
     for c in range(3):
         assert int(capped[cls == c].sum()) <= 2
+
+
+def test_custom_postprocessor_is_refused_for_end_to_end_export():
+    from torch import nn
+
+    from retinakit.config import get_cfg
+    from retinakit.export.modules import EndToEndModule
+    from retinakit.modeling import build_model
+    from retinakit.modeling.postprocess import RetinaNetPostProcessor
+
+    class MyPostProcessor(RetinaNetPostProcessor):
+        def forward(self, *args):  # pragma: no cover - never run
+            raise AssertionError
+
+    cfg = get_cfg()
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", 18, "MODEL.RETINANET.NUM_CLASSES", 2])
+    model = build_model(cfg).eval()
+    model.postprocessor = MyPostProcessor(box_coder=model.box_coder)
+    assert isinstance(model.postprocessor, nn.Module)
+    with pytest.raises(ValueError, match="MyPostProcessor.*mode='heads'"):
+        EndToEndModule(model)
