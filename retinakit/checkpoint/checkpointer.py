@@ -45,7 +45,7 @@ def get_rng_state() -> dict[str, Any]:
         "python_version": version,
         "python_state": torch.tensor(py_state, dtype=torch.int64),
         "python_gauss": gauss,
-        "numpy_keys": torch.from_numpy(np_keys.astype(np.int64)),
+        "numpy_keys": torch.from_numpy(np.asarray(np_keys).astype(np.int64)),
         "numpy_pos": int(np_pos),
         "numpy_has_gauss": int(np_has_gauss),
         "numpy_cached": float(np_cached),

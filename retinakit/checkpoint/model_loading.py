@@ -100,7 +100,8 @@ def load_model_weights(
     _check_requirements(info, cfg, source)
     class_prefixes = tuple(getattr(target, "class_specific_keys", ()))
     usable: Dict[str, torch.Tensor] = {}
-    bad_shapes, unexpected = [], []
+    bad_shapes: List[Tuple[str, tuple, tuple]] = []
+    unexpected: List[str] = []
     for key, value in sd.items():
         if key not in model_sd:
             unexpected.append(key)

@@ -171,7 +171,7 @@ class AnchorSetup:
             raise ConfigError(f"MODEL.RETINANET.IN_FEATURES names {missing}; the backbone produces {list(shapes)}.")
         feature_shapes = [shapes[f] for f in in_features]
         generator = build_anchor_generator(cfg, feature_shapes)
-        return cls(generator, backbone, in_features, [int(s.stride) for s in feature_shapes], int(backbone.size_divisibility))
+        return cls(generator, backbone, in_features, [int(s.stride or 0) for s in feature_shapes], int(backbone.size_divisibility))
 
     def grid_sizes(self, padded_hw: tuple[int, int]) -> list[tuple[int, int]]:
         """Feature-map ``(h, w)`` per level for an input of ``padded_hw`` (shape-only forward on "meta")."""
@@ -188,7 +188,7 @@ class AnchorSetup:
             self._grids[key] = [tuple(int(v) for v in out[f].shape[-2:]) for f in self.in_features]  # type: ignore[misc]
         return self._grids[key]
 
-    def anchors(self, padded_hw: tuple[int, int], generator: torch.nn.Module | None = None) -> torch.Tensor:
+    def anchors(self, padded_hw: tuple[int, int], generator: Any = None) -> torch.Tensor:
         """All anchors ``[A, 4]`` (XYXY) of an input of ``padded_hw``, from the anchor generator."""
         feats = [torch.empty(1, 0, h, w) for h, w in self.grid_sizes(padded_hw)]
         return torch.cat((generator or self.generator)(feats, tuple(padded_hw)))
@@ -326,13 +326,13 @@ def _fg_threshold(cfg: Any) -> float:
     return float(th[-1])
 
 
-def _is_grid_generator(gen: torch.nn.Module) -> bool:
+def _is_grid_generator(gen: Any) -> bool:
     from .anchor_generator import DefaultAnchorGenerator
 
     return isinstance(gen, DefaultAnchorGenerator)
 
 
-def _coverage_of(setup: AnchorSetup, gt: GroundTruth, threshold: float, generator: torch.nn.Module,
+def _coverage_of(setup: AnchorSetup, gt: GroundTruth, threshold: float, generator: Any,
                  method: str, label: str) -> AnchorCoverageReport:
     if method not in ("auto", "grid", "bruteforce"):
         raise ValueError(f"method must be 'auto', 'grid' or 'bruteforce', got {method!r}.")
@@ -447,7 +447,7 @@ class _Objective:
     """coverage + ``iou_weight`` * mean best IoU of the GT boxes for candidate parameters (grid path)."""
 
     def __init__(self, setup: AnchorSetup, gt: GroundTruth, threshold: float, iou_weight: float) -> None:
-        gen = setup.generator
+        gen: Any = setup.generator
         self.setup, self.gt, self.threshold, self.iou_weight = setup, gt, threshold, iou_weight
         self.grid, self.stride = _grid_tensors(setup, gt, gen.strides_from_image)
         self.evals = 0
@@ -488,17 +488,17 @@ def suggest_anchors(
     The result is rounded and re-evaluated with the model's anchor generator.
     """
     setup = AnchorSetup.from_config(cfg)
-    gen = setup.generator
+    gen: Any = setup.generator
     if not _is_grid_generator(gen):
         raise ConfigError(
             f"--suggest searches the parameters of DefaultAnchorGenerator (SIZES, OCTAVE_SCALES, ASPECT_RATIOS); "
             f"MODEL.ANCHOR_GENERATOR.NAME is {cfg.MODEL.ANCHOR_GENERATOR.NAME!r}."
         )
-    n_r = {len(r) for r in gen.aspect_ratios}
-    n_s = {len(s) for s in gen.sizes}
-    if len(n_r) != 1 or len(n_s) != 1:
+    ratio_counts = {len(r) for r in gen.aspect_ratios}
+    size_counts = {len(s) for s in gen.sizes}
+    if len(ratio_counts) != 1 or len(size_counts) != 1:
         raise ConfigError("suggest_anchors needs the same number of SIZES and ASPECT_RATIOS on every level.")
-    n_r, n_s, n_o, n_lvl = n_r.pop(), n_s.pop(), len(gen.octave_scales), len(setup.strides)
+    n_r, n_s, n_o, n_lvl = ratio_counts.pop(), size_counts.pop(), len(gen.octave_scales), len(setup.strides)
     gt = collect_ground_truth(cfg, dataset_dicts, setup.size_divisibility, mode=mode, max_images=max_images)
     if len(gt) == 0:
         raise ValueError("The dataset has no (non-crowd) ground-truth boxes: nothing to fit anchors to.")

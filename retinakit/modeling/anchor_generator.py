@@ -117,7 +117,7 @@ class DefaultAnchorGenerator(nn.Module):
         """``features[l] [N, C, H_l, W_l]``, padded ``image_size (H, W)`` -> ``[H_l*W_l*A_l, 4]`` per level."""
         if len(features) != len(self.strides):
             raise ValueError(f"Anchor generator configured for {len(self.strides)} levels got {len(features)} feature maps.")
-        grids = [tuple(int(d) for d in f.shape[-2:]) for f in features]
+        grids = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
         if self.strides_from_image:
             strides = [(int(image_size[0]) // g[0], int(image_size[1]) // g[1]) for g in grids]
         else:

@@ -75,13 +75,14 @@ class RetinaNetHead(nn.Module):
             elif isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        assert self.cls_score.bias is not None
         nn.init.constant_(self.cls_score.bias, -math.log((1 - prior_prob) / prior_prob))
 
     @classmethod
     def from_config(cls, cfg, input_shapes: Sequence[ShapeSpec], num_anchors: Sequence[int]) -> dict:
         channels = {s.channels for s in input_shapes}
         if len(channels) != 1:
-            raise ValueError(f"RetinaNetHead needs the same channel count on every level, got {sorted(channels)}.")
+            raise ValueError(f"RetinaNetHead needs the same channel count on every level, got {sorted(map(str, channels))}.")
         if len(set(num_anchors)) != 1:
             raise ValueError(f"RetinaNetHead needs the same anchor count on every level, got {list(num_anchors)}.")
         r = cfg.MODEL.RETINANET

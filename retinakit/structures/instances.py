@@ -88,6 +88,7 @@ class Instances:
         for k in instance_lists[0]._fields:
             values = [i.get(k) for i in instance_lists]
             v0 = values[0]
+            out: Any
             if isinstance(v0, torch.Tensor):
                 out = torch.cat(values, dim=0)
             elif isinstance(v0, list):

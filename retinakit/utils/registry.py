@@ -50,11 +50,11 @@ class Registry:
         if obj is None:
 
             def deco(func_or_class: T) -> T:
-                self._do_register(name or func_or_class.__name__, func_or_class, override)
+                self._do_register(name or getattr(func_or_class, "__name__"), func_or_class, override)
                 return func_or_class
 
             return deco
-        self._do_register(name or obj.__name__, obj, override)  # type: ignore[attr-defined]
+        self._do_register(name or getattr(obj, "__name__"), obj, override)
         return obj
 
     def get(self, name: str) -> Any:

@@ -32,7 +32,7 @@ def draw_instances(
 
     pil = Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
     if scale != 1:
-        pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+        pil = pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(pil)
     boxes = instances.pred_boxes.tensor.detach().float().cpu().numpy() * scale
     scores = instances.scores.detach().float().cpu().numpy()

@@ -80,8 +80,8 @@ def _convert_key(key: str) -> str:
 def convert(sd: StateDict) -> tuple[StateDict, dict]:
     """torchvision state dict -> (retinakit state dict, info with ``source``/``version``/``num_classes``)."""
     if is_imagenet_resnet(sd):
-        out = {f"backbone.bottom_up.{k}": v for k, v in sd.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
-        return out, {"source": "torchvision", "kind": "imagenet_resnet"}
+        body = {f"backbone.bottom_up.{k}": v for k, v in sd.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+        return body, {"source": "torchvision", "kind": "imagenet_resnet"}
     out: StateDict = {}
     unknown = []
     for key, value in sd.items():
@@ -99,7 +99,7 @@ def convert(sd: StateDict) -> tuple[StateDict, dict]:
     version = detect_version(sd)
     cls = out.get("head.cls_score.weight")
     num_anchors = out["head.bbox_pred.weight"].shape[0] // 4 if "head.bbox_pred.weight" in out else 9
-    info = {"source": "torchvision", "kind": "retinanet", "version": version}
+    info: dict = {"source": "torchvision", "kind": "retinanet", "version": version}
     if cls is not None:
         info["num_classes"] = cls.shape[0] // num_anchors
     info["config"] = f"configs/COCO-Detection/retinanet_R_50_FPN{'_v2' if version == 'v2' else ''}_torchvision.yaml"

@@ -16,6 +16,12 @@ from .norm import get_norm
 __all__ = ["FPN", "LastLevelP6P7", "ConvNorm", "build_retinanet_resnet_fpn_backbone", "build_retinanet_fpn_backbone"]
 
 
+def _known(value: Optional[int], what: str) -> int:
+    if value is None:
+        raise ValueError(f"The bottom-up network does not declare the {what} of its features (ShapeSpec).")
+    return int(value)
+
+
 def _uniform_init(conv: nn.Conv2d) -> None:
     nn.init.kaiming_uniform_(conv.weight, a=1)
     if conv.bias is not None:
@@ -82,16 +88,17 @@ class FPN(Backbone):
         self.bottom_up = bottom_up
         self.in_features = list(in_features)
         self._fuse_type = fuse_type
-        self.lateral_convs = nn.ModuleList([ConvNorm(shapes[f].channels, out_channels, 1, norm) for f in in_features])
+        channels = {f: _known(shapes[f].channels, "channels") for f in in_features}
+        self.lateral_convs = nn.ModuleList([ConvNorm(channels[f], out_channels, 1, norm) for f in in_features])
         self.output_convs = nn.ModuleList([ConvNorm(out_channels, out_channels, 3, norm) for _ in in_features])
-        top_in = out_channels if top_block_in == "p5" else shapes[in_features[-1]].channels
+        top_in = out_channels if top_block_in == "p5" else channels[in_features[-1]]
         self.top_block = LastLevelP6P7(top_in, out_channels, top_block_in)
-        strides = [shapes[f].stride for f in in_features]
+        strides = [_known(shapes[f].stride, "stride") for f in in_features]
         strides += [strides[-1] * 2, strides[-1] * 4]
         self._out_features = [f"p{int(math.log2(s))}" for s in strides]
         self._out_feature_strides = dict(zip(self._out_features, strides))
         self._out_feature_channels = {f: out_channels for f in self._out_features}
-        self._size_divisibility = shapes[in_features[-1]].stride
+        self._size_divisibility = strides[len(in_features) - 1]
 
     @classmethod
     def from_config(cls, cfg, bottom_up: Backbone) -> dict:

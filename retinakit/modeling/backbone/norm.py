@@ -16,6 +16,11 @@ class FrozenBatchNorm2d(nn.Module):
     running_var), so ImageNet checkpoints load directly; ``num_batches_tracked`` is ignored.
     """
 
+    weight: torch.Tensor
+    bias: torch.Tensor
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.num_features = num_features
@@ -44,7 +49,7 @@ class FrozenBatchNorm2d(nn.Module):
         if bn.affine:
             frozen.weight.copy_(bn.weight.detach())
             frozen.bias.copy_(bn.bias.detach())
-        if bn.running_mean is not None:
+        if bn.running_mean is not None and bn.running_var is not None:
             frozen.running_mean.copy_(bn.running_mean)
             frozen.running_var.copy_(bn.running_var)
         return frozen

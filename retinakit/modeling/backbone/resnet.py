@@ -7,7 +7,7 @@ Features are named ``res2`` .. ``res5`` (strides 4, 8, 16, 32).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -123,7 +123,7 @@ class ResNet(Backbone):
         self._out_feature_channels: Dict[str, int] = {}
         self._out_feature_strides: Dict[str, int] = {}
         in_ch = 64
-        block_kwargs = dict(groups=num_groups, width_per_group=width_per_group, stride_in_1x1=stride_in_1x1)
+        block_kwargs: Dict[str, Any] = dict(groups=num_groups, width_per_group=width_per_group, stride_in_1x1=stride_in_1x1)
         self._num_stages = 1 + max(names.index(f) for f in out_features)
         for i, n in enumerate(blocks[: self._num_stages]):
             planes, stride = 64 * 2**i, 1 if i == 0 else 2

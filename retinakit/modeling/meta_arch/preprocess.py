@@ -21,6 +21,9 @@ class ImagePreprocessor(nn.Module):
     ``GeneralizedRCNNTransform``); in training the short side is drawn from ``min_size_train``.
     """
 
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
+
     def __init__(
         self,
         pixel_mean: Sequence[float],

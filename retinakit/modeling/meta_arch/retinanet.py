@@ -111,7 +111,7 @@ class RetinaNet(nn.Module):
         r = cfg.MODEL.RETINANET
         return dict(
             backbone=backbone,
-            head=build_head(cfg, feature_shapes, anchor_generator.num_anchors),
+            head=build_head(cfg, feature_shapes, list(anchor_generator.num_anchors)),  # type: ignore[arg-type]
             head_in_features=in_features,
             anchor_generator=anchor_generator,
             box_coder=box_coder,
