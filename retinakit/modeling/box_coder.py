@@ -24,7 +24,7 @@ BOX_CODER_REGISTRY = Registry(
 )
 
 
-class DeltaXYWHBoxCoder:
+class _DeltaCoderBase:
     """(dx, dy, dw, dh) deltas between anchors and boxes (Faster R-CNN / RetinaNet).
 
     ``dx = wx * (cx_box - cx_anchor) / w_anchor``, ``dw = ww * log(w_box / w_anchor)``;
@@ -43,19 +43,19 @@ class DeltaXYWHBoxCoder:
     def from_config(cls, cfg) -> dict:
         return dict(weights=cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS, scale_clamp=cfg.MODEL.RETINANET.BBOX_REG_SCALE_CLAMP)
 
-    def fused_decode_params(self) -> Tuple[Tuple[float, float, float, float], float]:
-        return self.weights, self.scale_clamp
+    # Added to anchor widths/heights: 0 for continuous anchors, 1 for the legacy pixel convention.
+    anchor_pixel_offset = 0.0
 
     @staticmethod
-    def _centers(boxes: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        w = boxes[:, 2] - boxes[:, 0]
-        h = boxes[:, 3] - boxes[:, 1]
+    def _centers(boxes: torch.Tensor, offset: float = 0.0) -> Tuple[torch.Tensor, ...]:
+        w = boxes[:, 2] - boxes[:, 0] + offset
+        h = boxes[:, 3] - boxes[:, 1] + offset
         return boxes[:, 0] + 0.5 * w, boxes[:, 1] + 0.5 * h, w, h
 
     def encode(self, anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """``anchors [N, 4]``, ``boxes [N, 4]`` (XYXY) -> ``deltas [N, 4]``."""
         anchors, boxes = anchors.float(), boxes.float()
-        ax, ay, aw, ah = self._centers(anchors)
+        ax, ay, aw, ah = self._centers(anchors, self.anchor_pixel_offset)
         bx, by, bw, bh = self._centers(boxes)
         wx, wy, ww, wh = self.weights
         return torch.stack(
@@ -65,7 +65,7 @@ class DeltaXYWHBoxCoder:
     def decode(self, deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """``deltas [N, 4]``, ``anchors [N, 4]`` -> boxes ``[N, 4]`` (XYXY, float32)."""
         deltas, anchors = deltas.float(), anchors.float()
-        ax, ay, aw, ah = self._centers(anchors)
+        ax, ay, aw, ah = self._centers(anchors, self.anchor_pixel_offset)
         wx, wy, ww, wh = self.weights
         dx, dy = deltas[:, 0] / wx, deltas[:, 1] / wy
         dw = torch.clamp(deltas[:, 2] / ww, max=self.scale_clamp)
@@ -75,7 +75,15 @@ class DeltaXYWHBoxCoder:
         return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=1)
 
     def __repr__(self) -> str:
-        return f"DeltaXYWHBoxCoder(weights={self.weights}, scale_clamp={self.scale_clamp:.4f})"
+        return f"{type(self).__name__}(weights={self.weights}, scale_clamp={self.scale_clamp:.4f})"
+
+
+class DeltaXYWHBoxCoder(_DeltaCoderBase):
+    __doc__ = _DeltaCoderBase.__doc__
+
+    def fused_decode_params(self) -> Tuple[Tuple[float, float, float, float], float]:
+        """``(weights, scale_clamp)`` for the post-processor's fused decode kernel."""
+        return self.weights, self.scale_clamp
 
 
 BOX_CODER_REGISTRY.register(DeltaXYWHBoxCoder)
@@ -86,7 +94,7 @@ def build_box_coder(cfg):
     return BOX_CODER_REGISTRY.get(cfg.MODEL.RETINANET.BOX_CODER_NAME)(cfg)
 
 
-class LegacyDeltaXYWHBoxCoder:
+class LegacyDeltaXYWHBoxCoder(_DeltaCoderBase):
     """(dx, dy, dw, dh) deltas with anchors in the legacy "+1" pixel convention.
 
     Detectron (v1) and NVIDIA's retinanet-examples (ODTK) treat an anchor ``[x1, y1, x2, y2]``
@@ -102,48 +110,7 @@ class LegacyDeltaXYWHBoxCoder:
     unit weights and no clamp (use a large ``MODEL.RETINANET.BBOX_REG_SCALE_CLAMP``).
     """
 
-    @configurable
-    def __init__(self, *, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), scale_clamp: float = math.log(1000.0 / 16)) -> None:
-        if len(weights) != 4:
-            raise ValueError(f"MODEL.RETINANET.BBOX_REG_WEIGHTS needs 4 values, got {list(weights)}.")
-        self.weights: Tuple[float, float, float, float] = tuple(float(w) for w in weights)  # type: ignore[assignment]
-        self.scale_clamp = float(scale_clamp)
-
-    @classmethod
-    def from_config(cls, cfg) -> dict:
-        return dict(weights=cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS, scale_clamp=cfg.MODEL.RETINANET.BBOX_REG_SCALE_CLAMP)
-
-    @staticmethod
-    def _anchor_centers(anchors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        w = anchors[:, 2] - anchors[:, 0] + 1.0
-        h = anchors[:, 3] - anchors[:, 1] + 1.0
-        return anchors[:, 0] + 0.5 * w, anchors[:, 1] + 0.5 * h, w, h
-
-    def encode(self, anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """``anchors [N, 4]`` (pixel-inclusive XYXY), ``boxes [N, 4]`` (continuous XYXY) -> ``deltas [N, 4]``."""
-        anchors, boxes = anchors.float(), boxes.float()
-        ax, ay, aw, ah = self._anchor_centers(anchors)
-        bw = boxes[:, 2] - boxes[:, 0]
-        bh = boxes[:, 3] - boxes[:, 1]
-        bx, by = boxes[:, 0] + 0.5 * bw, boxes[:, 1] + 0.5 * bh
-        wx, wy, ww, wh = self.weights
-        return torch.stack(
-            [wx * (bx - ax) / aw, wy * (by - ay) / ah, ww * torch.log(bw / aw), wh * torch.log(bh / ah)], dim=1
-        )
-
-    def decode(self, deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-        """``deltas [N, 4]``, ``anchors [N, 4]`` -> continuous boxes ``[N, 4]`` (XYXY, float32)."""
-        deltas, anchors = deltas.float(), anchors.float()
-        ax, ay, aw, ah = self._anchor_centers(anchors)
-        wx, wy, ww, wh = self.weights
-        cx = deltas[:, 0] / wx * aw + ax
-        cy = deltas[:, 1] / wy * ah + ay
-        half_w = 0.5 * torch.exp(torch.clamp(deltas[:, 2] / ww, max=self.scale_clamp)) * aw
-        half_h = 0.5 * torch.exp(torch.clamp(deltas[:, 3] / wh, max=self.scale_clamp)) * ah
-        return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=1)
-
-    def __repr__(self) -> str:
-        return f"LegacyDeltaXYWHBoxCoder(weights={self.weights}, scale_clamp={self.scale_clamp:.4f})"
+    anchor_pixel_offset = 1.0  # no fused_decode_params: the fused kernel uses continuous anchors
 
 
 BOX_CODER_REGISTRY.register(LegacyDeltaXYWHBoxCoder)
