@@ -137,10 +137,7 @@ class RetinaNet(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
-        features = [features[f] for f in self.head_in_features]
-        anchors = self.anchor_generator(features, tuple(images.tensor.shape[-2:]))
-        cls_logits, box_deltas = self.head(features)
+        cls_logits, box_deltas, anchors = self.inference_outputs(images)
         if self.training:
             gt = [self._ground_truth(x, size) for x, size in zip(batched_inputs, images.image_sizes)]
             return self.losses(anchors, cls_logits, box_deltas, gt)
@@ -228,7 +225,7 @@ class RetinaNet(nn.Module):
         return {"loss_cls": loss_cls / self.loss_normalizer, "loss_box_reg": loss_box / self.loss_normalizer}
 
     def inference_outputs(self, images: ImageList) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]:
-        """Raw per-level head outputs and anchors for a preprocessed batch (for export)."""
+        """Raw per-level head outputs and anchors for a preprocessed batch (training, inference, export)."""
         features = self.backbone(images.tensor)
         features = [features[f] for f in self.head_in_features]
         anchors = self.anchor_generator(features, tuple(images.tensor.shape[-2:]))
