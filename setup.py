@@ -59,7 +59,7 @@ def get_extensions():
 
 
 EXTRAS = {
-    "dev": ["pytest>=7", "hypothesis", "ruff", "mypy", "pytest-timeout"],
+    "dev": ["pytest>=7", "hypothesis", "ruff", "mypy", "pytest-timeout", "tensorboard"],
     # NVIDIA Model Optimizer (FP16 autocast, INT8 Q/DQ PTQ) with its ONNX helpers listed by hand:
     # nvidia-modelopt[onnx] would pin onnx~=1.21 / onnxruntime-gpu~=1.24 / cupy (docs/deployment.md).
     "deploy": [

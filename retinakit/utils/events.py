@@ -146,6 +146,7 @@ class JSONWriter(EventWriter):
     """
 
     def __init__(self, json_file: str, window_size: int = 20) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(json_file)), exist_ok=True)
         self._path = json_file
         self._window = window_size
         self._last_written = -1
