@@ -9,45 +9,62 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_PINS := torch==2.14.0 torchvision==0.29.0
-EXTRAS := dev,deploy,dali
+# `make test` installs the extras whose tests run here; `make demo` needs only the runtime deps.
+EXTRAS := dev,deploy,dali,video
+BASE_STAMP := $(VENV)/.retinakit-base
 DEPS_STAMP := $(VENV)/.retinakit-deps
-EXT_STAMP := build/.retinakit-ext
+EXT_CPU_STAMP := build/.retinakit-ext-cpu
+EXT_CUDA_STAMP := build/.retinakit-ext-cuda
 EXT_SRC := $(shell find retinakit/_C -type f \( -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' \) 2>/dev/null)
 PYTEST_ARGS ?=
 
-# When nvcc is on PATH, the CUDA sources are compiled too (they cannot run without a GPU,
-# but CI proves they compile). nvcc on PATH may be a wrapper, so CUDA_HOME points at the toolkit.
+# When nvcc is on PATH, `make test` compiles the CUDA sources too (they cannot run without a
+# GPU, but CI proves they compile). nvcc on PATH may be a wrapper, so CUDA_HOME points at the
+# toolkit. `make demo` compiles them only when a GPU is present as well (it would not use them).
 NVCC := $(shell command -v nvcc 2>/dev/null)
+GPU := $(shell nvidia-smi -L 2>/dev/null | head -n 1)
 CUDA_HOME_GUESS := $(if $(wildcard /usr/local/cuda/bin),/usr/local/cuda,$(patsubst %/bin/nvcc,%,$(NVCC)))
-ifneq ($(NVCC),)
-BUILD_ENV := FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$(or $(TORCH_CUDA_ARCH_LIST),9.0)" CUDA_HOME=$(CUDA_HOME_GUESS) \
+CUDA_ENV := FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$(or $(TORCH_CUDA_ARCH_LIST),9.0)" CUDA_HOME=$(CUDA_HOME_GUESS) \
 	CPATH="$$($(PY) -c 'import os,sysconfig;print(os.path.join(sysconfig.get_paths()["purelib"],"nvidia","cu13","include"))'):$${CPATH:-}"
-endif
+TEST_EXT := $(if $(NVCC),$(EXT_CUDA_STAMP),$(EXT_CPU_STAMP))
+# The demo reuses whatever build is current (a CUDA build also has the CPU kernels).
+DEMO_EXT := $(if $(or $(wildcard $(EXT_CUDA_STAMP)),$(and $(NVCC),$(GPU))),$(EXT_CUDA_STAMP),$(EXT_CPU_STAMP))
 
 .PHONY: test demo build venv clean lint
 
-$(DEPS_STAMP): setup.py Makefile
+$(BASE_STAMP): setup.py Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo ">> installing pinned $(TORCH_PINS) and retinakit[$(EXTRAS)] into $(VENV)"
+	@echo ">> installing pinned $(TORCH_PINS) and retinakit's runtime dependencies into $(VENV)"
 	$(PIP) install -q --upgrade pip "setuptools>=64" wheel ninja
-	$(PIP) install -q $(TORCH_PINS)
-	RETINAKIT_NO_EXT=1 $(PIP) install -q $(TORCH_PINS) -e ".[$(EXTRAS)]" --no-build-isolation
+	RETINAKIT_NO_EXT=1 $(PIP) install -q $(TORCH_PINS) -e . --no-build-isolation
 	@$(PY) -c "import torch, torchvision; assert torch.__version__.startswith('2.14.0'), torch.__version__; print('>> torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	@touch $@
+
+$(DEPS_STAMP): $(BASE_STAMP)
+	@echo ">> installing retinakit[$(EXTRAS)] into $(VENV)"
+	RETINAKIT_NO_EXT=1 $(PIP) install -q $(TORCH_PINS) -e ".[$(EXTRAS)]" --no-build-isolation
+	@$(PY) -c "import torch; assert torch.__version__.startswith('2.14.0'), torch.__version__"
 	@touch $@
 
 venv: $(DEPS_STAMP)
 
-$(EXT_STAMP): $(DEPS_STAMP) $(EXT_SRC) setup.py
-	@echo ">> building retinakit._C $(if $(NVCC),(C++ and CUDA sources: FORCE_CUDA=1),(C++ sources))"
-	$(BUILD_ENV) $(PY) setup.py -q build_ext --inplace
-	@mkdir -p build && touch $@
+# --force: setuptools would otherwise skip a C++-only -> CUDA rebuild of unchanged sources.
+$(EXT_CPU_STAMP): $(BASE_STAMP) $(EXT_SRC) setup.py
+	@echo ">> building retinakit._C (C++ sources)"
+	$(PY) setup.py -q build_ext --inplace --force
+	@mkdir -p build && rm -f $(EXT_CUDA_STAMP) && touch $@
 
-build: $(EXT_STAMP)
+$(EXT_CUDA_STAMP): $(BASE_STAMP) $(EXT_SRC) setup.py
+	@echo ">> building retinakit._C (C++ and CUDA sources: FORCE_CUDA=1)"
+	$(CUDA_ENV) $(PY) setup.py -q build_ext --inplace --force
+	@mkdir -p build && rm -f $(EXT_CPU_STAMP) && touch $@
+
+build: $(DEPS_STAMP) $(TEST_EXT)
 
 test: build
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-demo: build
+demo: $(BASE_STAMP) $(DEMO_EXT)
 	$(PY) tools/demo.py
 
 lint: $(DEPS_STAMP)

@@ -59,7 +59,9 @@ def get_extensions():
 
 
 EXTRAS = {
-    "dev": ["pytest>=7", "hypothesis", "ruff", "mypy", "pytest-timeout", "tensorboard"],
+    # dev: the test tools plus the optional packages whose code paths the tests cover
+    # (TensorBoard writer, safetensors checkpoints, faster-coco-eval).
+    "dev": ["pytest>=7", "hypothesis", "ruff", "mypy", "pytest-timeout", "tensorboard", "safetensors", "faster-coco-eval"],
     # NVIDIA Model Optimizer (FP16 autocast, INT8 Q/DQ PTQ) with its ONNX helpers listed by hand:
     # nvidia-modelopt[onnx] would pin onnx~=1.21 / onnxruntime-gpu~=1.24 / cupy (docs/deployment.md).
     "deploy": [
@@ -68,6 +70,7 @@ EXTRAS = {
         "onnxslim", "polygraphy", "lief", "cppimport",
     ],
     "dali": ["nvidia-dali-cuda130"],
+    "video": ["av"],  # PyAV: video files as input of tools/infer.py
     "tensorrt": ["tensorrt>=10,<12", "cuda-python>=12.6"],
 }
 
