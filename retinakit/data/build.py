@@ -5,7 +5,7 @@ import itertools
 import logging
 import random
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from .samplers import (
     world_info,
 )
 from .serialize import SerializedList
+
+if TYPE_CHECKING:
+    from .dali import DaliInferenceLoader
 
 __all__ = [
     "build_detection_test_loader",
@@ -214,6 +217,13 @@ def _per_rank_batch(total: int) -> int:
     return total // world
 
 
+def _backend(cfg: Any) -> str:
+    backend = cfg.DATALOADER.BACKEND
+    if backend not in ("torch", "dali"):
+        raise ValueError(f"DATALOADER.BACKEND must be 'torch' or 'dali', got {backend!r}.")
+    return backend
+
+
 def build_detection_train_loader(
     cfg: Any, mapper: Callable | None = None, dataset: list[dict] | None = None, start_iter: int = 0
 ) -> Iterator[list[dict]]:
@@ -225,19 +235,19 @@ def build_detection_train_loader(
     aspect-ratio grouped when ``DATALOADER.ASPECT_RATIO_GROUPING``.
     ``start_iter`` resumes the stream exactly where a loader built with the same config
     would be after ``start_iter`` batches, without reading the skipped images.
-    ``DATALOADER.BACKEND: dali`` returns the DALI loader with the same batch structure.
+    ``DATALOADER.BACKEND: dali`` returns the DALI loader with the same batch structure
+    (with ``ON_BAD_IMAGE skip`` it checks the image files first and leaves bad ones out).
     """
+    name = "DALI train loader"
     if dataset is None:
-        dataset = _dicts_from_cfg(cfg, get_train_dataset_names(cfg), cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        names = get_train_dataset_names(cfg)
+        dataset, name = _dicts_from_cfg(cfg, names, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS), ", ".join(names)
     batch = _per_rank_batch(cfg.SOLVER.IMS_PER_BATCH)
     seed = shared_seed(cfg.SEED)
-    backend = cfg.DATALOADER.BACKEND
-    if backend == "dali":
+    if _backend(cfg) == "dali":
         from .dali import build_dali_train_loader
 
-        return build_dali_train_loader(cfg, dataset, batch, seed, start_iter)
-    if backend != "torch":
-        raise ValueError(f"DATALOADER.BACKEND must be 'torch' or 'dali', got {backend!r}.")
+        return build_dali_train_loader(cfg, dataset, batch, seed, start_iter, name=name)
     mapper = mapper or DatasetMapper(cfg, is_train=True)
     sampler = TrainingSampler(len(dataset), seed=seed)
     rank = world_info()[0]
@@ -287,16 +297,38 @@ class InferenceLoader:
         return ([_reraise(x) for x in b] for b in self.loader if b)
 
 
+def _dali_accepts(mapper: Callable | None) -> bool:
+    """Whether the DALI test loader can stand in for ``mapper`` (None or a test-time DatasetMapper)."""
+    if mapper is None or (isinstance(mapper, DatasetMapper) and type(mapper) is DatasetMapper and not mapper.is_train):
+        return True
+    logger.warning(
+        "DATALOADER.BACKEND is 'dali' but build_detection_test_loader got a custom mapper (%s), which DALI cannot run: "
+        "using the torch test loader.",
+        type(mapper).__name__,
+    )
+    return False
+
+
 def build_detection_test_loader(
     cfg: Any, dataset_name: str | Sequence[str], batch_size: int = 1, mapper: Callable | None = None, dataset: list[dict] | None = None
-) -> InferenceLoader:
+) -> InferenceLoader | DaliInferenceLoader:
     """Loader over ``dataset_name`` for inference: test-time resize, no flip, no instances
     (pass ``mapper=DatasetMapper(cfg, is_train=False, keep_instances=True)`` to keep them).
-    Each rank reads its own contiguous shard (InferenceSampler): no image twice."""
+    Each rank reads its own contiguous shard (InferenceSampler): no image twice.
+
+    Returns an :class:`InferenceLoader`, or with ``DATALOADER.BACKEND dali`` (and no
+    mapper other than a test-time ``DatasetMapper``) a
+    :class:`~retinakit.data.dali.DaliInferenceLoader`: same shards, sizes and dict keys.
+    """
+    names = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name or ())
     if dataset is None:
-        names = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name)
         register_datasets_from_cfg(cfg)
         dataset = _dicts_from_cfg(cfg, names, False)
+    if _backend(cfg) == "dali" and _dali_accepts(mapper):
+        from .dali import build_dali_test_loader
+
+        name = ", ".join(map(str, names)) or "DALI test loader"
+        return build_dali_test_loader(cfg, dataset, batch_size, mapper=cast("DatasetMapper | None", mapper), name=name)
     mapper = mapper or DatasetMapper(cfg, is_train=False)
     sampler = InferenceSampler(len(dataset))
     batch_sampler = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=False)

@@ -19,7 +19,15 @@ class DatasetError(ValueError):
 
 
 class BadImageError(DatasetError):
-    """An image file is missing, unreadable, truncated or disagrees with its JSON entry."""
+    """An image file is missing, unreadable, truncated or disagrees with its JSON entry.
+
+    ``kind`` names the class of problem in the "skip" summaries ("missing image file",
+    "truncated or corrupt image file", ...); it is not kept when the error is pickled.
+    """
+
+    def __init__(self, message: str = "", kind: str = "bad image file") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def check_policy(value: str, key: str) -> str:

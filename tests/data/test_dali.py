@@ -188,7 +188,7 @@ def test_bad_files_named(parity_cfg, tmp_path):
     data = open(dataset[1]["file_name"], "rb").read()
     broken = str(tmp_path / "broken.png")
     open(broken, "wb").write(data[: len(data) // 2])
-    for name, expected in [(broken, "truncated or corrupt"), (str(tmp_path / "gone.png"), "cannot be read")]:
+    for name, expected in [(broken, "truncated or corrupt"), (str(tmp_path / "gone.png"), "does not exist")]:
         bad = [dataset[0], dict(dataset[1], file_name=name), dataset[2]]
         with pytest.raises(BadImageError, match=expected) as e:
             list(build_dali_test_loader(parity_cfg, bad, batch_size=3))

@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 
 from retinakit.config import get_cfg
 from retinakit.data import build_detection_test_loader, build_detection_train_loader
+from retinakit.data.dali import dali_available
 
 from .helpers import make_coco
 
@@ -33,7 +34,11 @@ def _worker(rank, js, root, port, out_dir):
         cfg.DATALOADER.ASPECT_RATIO_GROUPING, cfg.SEED = False, -1  # seed drawn on rank 0, broadcast
         train = [d["image_id"] for b in itertools.islice(iter(build_detection_train_loader(cfg)), 7) for d in b]
         test = [d["image_id"] for b in build_detection_test_loader(cfg, "cfg_train") for d in b]
-        torch.save({"train": train, "test": test}, os.path.join(out_dir, f"{rank}.pt"))
+        out = {"train": train, "test": test}
+        if dali_available():  # the DALI test loader shards as the torch one (CPU operators)
+            cfg.DATALOADER.BACKEND, cfg.DATALOADER.DALI.DEVICE = "dali", "cpu"
+            out["dali_test"] = [d["image_id"] for b in build_detection_test_loader(cfg, "cfg_train", batch_size=3) for d in b]
+        torch.save(out, os.path.join(out_dir, f"{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -47,3 +52,5 @@ def test_two_ranks(tmp_path):
     # positions 0, 2, 4, 6 and rank 1 positions 1, 3, 5 of the first epoch
     assert sorted(r0["train"][:4] + r1["train"][:3]) == list(range(100, 107))
     assert sorted(r0["test"] + r1["test"]) == list(range(100, 107)) and len(r0["test"]) == 4
+    if dali_available():
+        assert r0["dali_test"] == r0["test"] and r1["dali_test"] == r1["test"]
