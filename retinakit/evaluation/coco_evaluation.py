@@ -1,9 +1,19 @@
 """COCO box evaluation on pycocotools (or faster-coco-eval when asked and installed).
 
 Metrics are COCO's: AP (IoU .50:.95), AP50, AP75, APs, APm, APl and per-class AP, as
-fractions in [0, 1] exactly as pycocotools reports them. Detections are written to
+fractions in [0, 1] exactly as pycocotools reports them (-1 where a metric has no ground
+truth, e.g. APs without small objects). Detections are written to
 ``OUTPUT_DIR/coco_instances_results.json`` in the COCO results format with the dataset's
 ORIGINAL category ids, so running pycocotools on that file gives the same numbers.
+
+The six summary numbers are computed from ``COCOeval.eval["precision"]`` by
+:func:`summary_metrics` (pycocotools' own arithmetic) at the largest ``maxDets`` for every
+metric: pycocotools' ``summarize`` computes AP at a hard-coded 100 detections and reports -1
+when ``max_dets_per_image`` is not 100. With faster-coco-eval the precision arrays equal
+pycocotools' except that its C++ ``accumulate`` divides ``tp / (tp + fp)`` without
+pycocotools' ``np.spacing(1)`` in the denominator: where ``tp + fp == 1`` the precision is
+``1.0`` instead of ``1 - 2**-52``. The metrics may therefore differ in the last bit
+(at most ~2.3e-16), never more (tested).
 """
 from __future__ import annotations
 
@@ -22,11 +32,40 @@ import numpy as np
 from ..utils import comm
 from .evaluator import DatasetEvaluator
 
-__all__ = ["COCOEvaluator", "dataset_dicts_to_coco", "instances_to_coco_json"]
+__all__ = ["COCOEvaluator", "dataset_dicts_to_coco", "instances_to_coco_json", "summary_metrics"]
 
 logger = logging.getLogger(__name__)
 
 METRIC_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+# (IoU threshold or None for .50:.95, area range label) of each summary metric.
+_METRIC_SPECS = {
+    "AP": (None, "all"),
+    "AP50": (0.5, "all"),
+    "AP75": (0.75, "all"),
+    "APs": (None, "small"),
+    "APm": (None, "medium"),
+    "APl": (None, "large"),
+}
+
+
+def _mean_precision(ev: Any, iou: float | None, area: str) -> float:
+    """Mean of the valid (> -1) precisions at ``iou`` (all IoUs if None), ``area``, max dets.
+
+    The same numpy operations, in the same order, as pycocotools' ``summarize`` (so the
+    result is bitwise the same), but always at ``params.maxDets[-1]``.
+    """
+    p = ev.params
+    s = ev.eval["precision"]  # [T IoUs, R recalls, K classes, A areas, M maxDets]
+    if iou is not None:
+        s = s[np.where(np.isclose(p.iouThrs, iou))[0]]
+    s = s[:, :, :, [list(p.areaRngLbl).index(area)], [len(p.maxDets) - 1]]
+    valid = s[s > -1]
+    return float(np.mean(valid)) if len(valid) else -1.0
+
+
+def summary_metrics(ev: Any) -> dict[str, float]:
+    """AP, AP50, AP75, APs, APm, APl of an accumulated ``COCOeval`` (pycocotools or faster-coco-eval)."""
+    return {name: _mean_precision(ev, iou, area) for name, (iou, area) in _METRIC_SPECS.items()}
 
 
 def instances_to_coco_json(instances: Any, image_id: Any, to_dataset_id: dict[int, int] | None) -> list[dict[str, Any]]:
@@ -96,8 +135,11 @@ class COCOEvaluator(DatasetEvaluator):
         json_file: ground-truth COCO JSON (instead of ``dataset_name``).
         contiguous_id_to_dataset_id: maps predicted class ids to the JSON's category ids
             (default: from the metadata, else the sorted category ids of the JSON).
-        max_dets_per_image: COCOeval's maxDets (the last of [1, 10, max]).
-        use_fast_impl: use faster-coco-eval if installed.
+        max_dets_per_image: COCOeval's maxDets (the last of [1, 10, max]); every summary
+            metric and the per-class AP are taken at this many detections per image.
+        use_fast_impl: use faster-coco-eval (C++ evaluate/accumulate) if installed, else
+            pycocotools with a warning; the numbers equal pycocotools' up to the last bit
+            (see the module docstring).
     """
 
     def __init__(
@@ -122,9 +164,10 @@ class COCOEvaluator(DatasetEvaluator):
             self._coco_gt = self._COCO(gt_source) if isinstance(gt_source, str) else self._coco_from_dict(gt_source)
         cats = sorted(self._coco_gt.getCatIds())
         if self._to_dataset_id is None:
-            self._to_dataset_id = {i: c for i, c in enumerate(cats)}
+            self._to_dataset_id = dict(enumerate(cats))
         if self._class_names is None:
-            self._class_names = [self._coco_gt.cats[self._to_dataset_id[i]].get("name", str(self._to_dataset_id[i])) for i in range(len(self._to_dataset_id))]
+            ids = [self._to_dataset_id[i] for i in range(len(self._to_dataset_id))]
+            self._class_names = [self._coco_gt.cats[c].get("name", str(c)) for c in ids]
         self._predictions: list[dict[str, Any]] = []
 
     def _coco_from_dict(self, data: dict[str, Any]) -> Any:
@@ -183,18 +226,19 @@ class COCOEvaluator(DatasetEvaluator):
     def _coco_eval(self, rows: list[dict[str, Any]], image_ids: list[Any]) -> dict[str, float]:
         if not rows:
             logger.warning("No detections at all: every AP is 0.")
-            return {m: 0.0 for m in METRIC_NAMES}
-        with contextlib.redirect_stdout(io.StringIO()) as captured:
+            return dict.fromkeys(METRIC_NAMES, 0.0)
+        with contextlib.redirect_stdout(io.StringIO()):
             coco_dt = self._coco_gt.loadRes(copy.deepcopy(rows))
             ev = self._COCOeval(self._coco_gt, coco_dt, "bbox")
             ev.params.imgIds = image_ids
             ev.params.maxDets = [1, 10, self._max_dets]
             ev.evaluate()
             ev.accumulate()
-            ev.summarize()
-        summary = [line for line in captured.getvalue().splitlines() if line.lstrip().startswith("Average")]
-        logger.info("COCO box evaluation:\n" + "\n".join(summary))
-        results = {m: float(ev.stats[i]) for i, m in enumerate(METRIC_NAMES)}
+        results = summary_metrics(ev)
+        logger.info(
+            f"COCO box evaluation ({self._COCOeval.__module__}, maxDets={self._max_dets}): "
+            + ", ".join(f"{k}={v:.4f}" for k, v in results.items())
+        )
         results.update(self._per_class(ev))
         return results
 

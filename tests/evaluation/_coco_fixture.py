@@ -82,3 +82,30 @@ def evaluate_in_process(gt_file: str, out_dir: str, result_file: str) -> None:
             json.dump(res, f)
     else:
         assert res == {}
+
+
+def make_hard_gt_and_dets(seed: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The fixture plus the cases where COCO implementations could part ways.
+
+    Tied scores (rounded to one decimal), 150 detections on one image (more than maxDets),
+    ground-truth boxes exactly at the small/medium (32²) and medium/large (96²) area limits,
+    a crowd box, and detections on an image without ground truth.
+    """
+    gt, dets = make_gt_and_dets(seed=seed, n_images=25)
+    rng = np.random.default_rng(seed + 1000)
+    for d in dets:
+        if rng.random() < 0.4:
+            d["score"] = round(d["score"], 1)
+    first = gt["images"][0]["id"]
+    for _ in range(150):
+        xy = rng.uniform(0, 100, 2).tolist()
+        dets.append({"image_id": first, "category_id": CAT_IDS[0], "bbox": [*xy, 20.0, 20.0], "score": 0.5})
+    limits = [(CAT_IDS[0], [10.0, 10.0, 32.0, 32.0], 0), (CAT_IDS[1], [50.0, 10.0, 96.0, 96.0], 0),
+              (CAT_IDS[2], [5.0, 120.0, 60.0, 60.0], 1)]
+    for cat, box, crowd in limits:
+        gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": first, "category_id": cat,
+                                  "bbox": box, "area": box[2] * box[3], "iscrowd": crowd})
+    empty = {"id": 9001, "width": 300, "height": 300, "file_name": "9001.png"}
+    gt["images"].append(empty)
+    dets += [{"image_id": 9001, "category_id": c, "bbox": [20.0, 20.0, 50.0, 40.0], "score": 0.6} for c in CAT_IDS]
+    return gt, dets
