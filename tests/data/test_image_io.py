@@ -20,7 +20,9 @@ def test_rgb_png_roundtrip_and_bgr(tmp_path):
     np.testing.assert_array_equal(read_image(str(tmp_path / "a.png"), "BGR"), arr[:, :, ::-1])
 
 
-@pytest.mark.parametrize("orientation,op", [(3, lambda a: np.rot90(a, 2)), (6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1)), (2, lambda a: a[:, ::-1])])
+@pytest.mark.parametrize("orientation,op", [
+    (3, lambda a: np.rot90(a, 2)), (6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1)), (2, lambda a: a[:, ::-1]),
+])
 def test_exif_orientation(tmp_path, orientation, op):
     """Pixels are rotated as PIL's reference ``ImageOps.exif_transpose`` does (checked by hand for 6 = 90° CW)."""
     arr = _rgb()
@@ -65,3 +67,75 @@ def test_missing_truncated_corrupt(tmp_path):
     (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(BadImageError, match="truncated or corrupt"):
         read_image(str(tmp_path / "t.jpg"))
+
+
+def _cut(path, n_bytes):
+    data = path.read_bytes()
+    path.write_bytes(data[:-n_bytes])
+
+
+def test_verify_image_finds_truncated_files_without_decoding(tmp_path):
+    """verify_image walks PNG chunks (CRC, IEND) and JPEG markers (to EOI): a file cut
+    anywhere fails, even one PIL still decodes (cut just before IEND/EOI: DALI rejects it)."""
+    from retinakit.data.image_io import verify_image
+
+    arr = _rgb(48, 64)
+    for name in ("a.png", "a.jpg"):
+        Image.fromarray(arr).save(tmp_path / name)
+        assert verify_image(str(tmp_path / name)) == (48, 64, "PNG" if name.endswith("png") else "JPEG")
+    for name, cut in [("a.png", 12), ("a.png", 400), ("a.jpg", 2), ("a.jpg", 300)]:
+        (tmp_path / "c").mkdir(exist_ok=True)
+        path = tmp_path / "c" / name
+        path.write_bytes((tmp_path / name).read_bytes())
+        _cut(path, cut)
+        with pytest.raises(BadImageError, match=r"image id 5\) is truncated or corrupt \(cut off") as e:
+            verify_image(str(path), "image id 5")
+        assert e.value.kind == "truncated or corrupt image file"
+    png = bytearray((tmp_path / "a.png").read_bytes())
+    png[60] ^= 0xFF  # inside IDAT: its CRC no longer matches
+    (tmp_path / "crc.png").write_bytes(bytes(png))
+    with pytest.raises(BadImageError, match="CRC mismatch in the IDAT chunk"):
+        verify_image(str(tmp_path / "crc.png"))
+    with pytest.raises(BadImageError, match="does not exist") as e:
+        verify_image(str(tmp_path / "nope.png"))
+    assert e.value.kind == "missing image file"
+
+
+def test_verify_image_jpeg_segments_and_trailing_bytes(tmp_path):
+    """An end-of-image marker inside a header segment (e.g. an EXIF thumbnail) does not make
+    a cut file look complete; bytes after EOI are allowed (decoders ignore them)."""
+    from retinakit.data.image_io import verify_image
+
+    Image.fromarray(_rgb(40, 40)).save(tmp_path / "a.jpg", quality=90)
+    data = (tmp_path / "a.jpg").read_bytes()
+    payload = b"thumb\xff\xd8\x00\xff\xd9"
+    app9 = b"\xff\xe9" + (len(payload) + 2).to_bytes(2, "big") + payload
+    with_segment = data[:2] + app9 + data[2:]
+    (tmp_path / "seg.jpg").write_bytes(with_segment)
+    assert verify_image(str(tmp_path / "seg.jpg"))[:2] == (40, 40)
+    (tmp_path / "seg_cut.jpg").write_bytes(with_segment[: len(with_segment) - 100])
+    with pytest.raises(BadImageError, match="end-of-image marker"):
+        verify_image(str(tmp_path / "seg_cut.jpg"))
+    (tmp_path / "tail.jpg").write_bytes(data + b"\x00trailing data")
+    assert verify_image(str(tmp_path / "tail.jpg"))[:2] == (40, 40)
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg"])
+def test_verify_image_exif_orientation(tmp_path, ext):
+    from retinakit.data.image_io import verify_image
+
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION_TAG] = 6
+    p = str(tmp_path / f"o.{ext}")
+    Image.fromarray(_rgb(6, 10)).save(p, exif=exif)
+    assert verify_image(p)[:2] == image_size(p) == read_image(p).shape[:2] == (10, 6)
+
+
+def test_verify_image_other_formats_are_decoded(tmp_path):
+    from retinakit.data.image_io import verify_image
+
+    Image.fromarray(_rgb(20, 30)).save(tmp_path / "a.bmp")
+    assert verify_image(str(tmp_path / "a.bmp")) == (20, 30, "BMP")
+    _cut(tmp_path / "a.bmp", 100)
+    with pytest.raises(BadImageError, match="truncated or corrupt"):
+        verify_image(str(tmp_path / "a.bmp"))
