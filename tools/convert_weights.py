@@ -3,10 +3,16 @@
 
     python tools/convert_weights.py --source torchvision IN.pth OUT.pth
     python tools/convert_weights.py --source detectron2 model_final_5bd44e.pkl OUT.pth
-    python tools/convert_weights.py --source odtk retinanet_rn50fpn.pth OUT.pth
+    python tools/convert_weights.py --source odtk retinanet_rn50fpn.pth OUT.safetensors
+    python tools/convert_weights.py --source retinakit output/model_final.pth model_final.safetensors
 
 Writes ``OUT.pth`` = ``{"model": state_dict, "__retinakit__": {source, config, ...}}``
-(loads with ``weights_only=True``) and ``OUT.yaml``, a config that inherits from the
+(loads with ``weights_only=True``), or, when OUT ends with ``.safetensors``, a safetensors
+file with the same state dict and ``__retinakit__`` as JSON metadata (needs ``pip install
+safetensors``; model weights only: it can start a training or evaluation through
+``MODEL.WEIGHTS`` but not ``--resume`` one). ``--source retinakit`` converts nothing: it
+re-saves the model weights of a retinakit checkpoint (e.g. ``model_final.pth`` without its
+optimizer, scheduler and RNG state), typically as ``.safetensors``. Also writes ``OUT.yaml``, a config that inherits from the
 retinakit config matching the architecture (``__retinakit__["config"]``, e.g.
 ``configs/converted/odtk_retinanet_R_50_FPN.yaml``) and sets what this checkpoint needs
 (class count, anchors, ...) and ``MODEL.WEIGHTS: OUT.pth``. Use it as is::
@@ -29,6 +35,8 @@ from typing import Any
 import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NO_CONVERSION = "retinakit"  # --source for a retinakit checkpoint: re-save its model weights as they are
+
 
 def _load(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
@@ -38,6 +46,10 @@ def _load(path: str) -> dict[str, Any]:
             from retinakit.checkpoint.converters.detectron2 import load_pkl
 
             data = load_pkl(path)
+        elif path.endswith(".safetensors"):
+            from retinakit.checkpoint import load_safetensors
+
+            data = load_safetensors(path)
         else:
             data = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError) as e:
@@ -46,6 +58,8 @@ def _load(path: str) -> dict[str, Any]:
             "stores other Python objects (an optimizer or scheduler of another library), save just the model "
             "weights in a trusted environment, e.g. torch.save(ckpt['model'], 'weights.pth'), and convert that."
         ) from None
+    except ImportError as e:  # a .safetensors input without the safetensors package
+        raise SystemExit(f"error: {e}") from None
     if not isinstance(data, Mapping):
         raise SystemExit(f"error: {path} holds a {type(data).__name__}, not a checkpoint dictionary")
     return dict(data)
@@ -71,7 +85,7 @@ def write_config(info: dict[str, Any], weights: str, path: str) -> str:
     overrides = list(info.get("config_overrides", []))
     if "MODEL.RETINANET.NUM_CLASSES" not in overrides[::2] and "num_classes" in info:
         overrides += ["MODEL.RETINANET.NUM_CLASSES", info["num_classes"]]
-    body = _nested(overrides + ["MODEL.WEIGHTS", os.path.abspath(weights)])
+    body = _nested([*overrides, "MODEL.WEIGHTS", os.path.abspath(weights)])
     header = [
         f"# Matching config for {os.path.basename(weights)}, converted from {info['source']} weights by",
         "# tools/convert_weights.py. Inherits the architecture from _BASE_ and sets what this checkpoint needs.",
@@ -84,12 +98,36 @@ def write_config(info: dict[str, Any], weights: str, path: str) -> str:
     return path
 
 
-def main(argv=None) -> int:
-    from retinakit.checkpoint.converters import CONVERTERS, convert
+def _convert(args: argparse.Namespace, data: dict[str, Any], sd: dict[str, torch.Tensor]) -> tuple[dict, dict[str, Any]]:
+    """``(state_dict, info)`` of the output; ``--source retinakit`` keeps both as they are."""
+    from retinakit.checkpoint.converters import convert
+
+    if args.source == NO_CONVERSION:
+        info = data.get("__retinakit__")
+        return sd, dict(info) if isinstance(info, Mapping) else {"source": NO_CONVERSION}
+    try:
+        return convert(args.source, sd, checkpoint=data, num_aspect_ratios=args.num_aspect_ratios)
+    except (KeyError, ValueError) as e:
+        raise SystemExit(f"error: cannot convert {args.input} as a {args.source} checkpoint: {e}") from None
+
+
+def _save(out: dict, info: dict[str, Any], path: str) -> None:
+    """Model weights only, in the format of ``path``'s extension (.safetensors or torch)."""
+    from retinakit.checkpoint import MissingSafetensorsError, save_model_weights
+
+    try:
+        save_model_weights(out, path, info)
+    except MissingSafetensorsError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from retinakit.checkpoint.converters import CONVERTERS
     from retinakit.checkpoint.model_loading import extract_state_dict
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", required=True, choices=sorted(CONVERTERS), help="project the checkpoint comes from")
+    parser.add_argument("--source", required=True, choices=sorted([*CONVERTERS, NO_CONVERSION]),
+                        help="project the checkpoint comes from ('retinakit': no conversion, re-save the weights)")
     parser.add_argument("--num-aspect-ratios", type=int, default=3,
                         help="detectron2: aspect ratios per location the model was trained with (default 3)")
     parser.add_argument("--no-config", action="store_true", help="do not write the matching OUT.yaml")
@@ -100,16 +138,11 @@ def main(argv=None) -> int:
     sd = extract_state_dict(data)
     if not sd:
         raise SystemExit(f"error: {args.input} contains no tensors (is it a model checkpoint?)")
-    try:
-        out, info = convert(args.source, sd, checkpoint=data, num_aspect_ratios=args.num_aspect_ratios)
-    except (KeyError, ValueError) as e:
-        raise SystemExit(f"error: cannot convert {args.input} as a {args.source} checkpoint: {e}") from None
+    out, info = _convert(args, data, sd)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     if "config" in info and not args.no_config:
         info["config_file"] = write_config(info, args.output, os.path.splitext(args.output)[0] + ".yaml")
-    tmp = args.output + ".tmp"
-    torch.save({"model": out, "__retinakit__": info}, tmp)
-    os.replace(tmp, args.output)
+    _save(out, info, args.output)
     shown = {k: v for k, v in info.items() if k not in ("config_overrides", "notes", "requires")}
     print(f"wrote {args.output}: {len(out)} tensors; " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     for note in info.get("notes", []):

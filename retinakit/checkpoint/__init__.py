@@ -1,4 +1,4 @@
-"""Checkpoints: atomic save, exact resume, loading weights (``weights_only=True``)."""
+"""Checkpoints: atomic save, exact resume, loading weights (``weights_only=True``), safetensors."""
 from .checkpointer import (
     Checkpointer,
     atomic_torch_save,
@@ -7,14 +7,24 @@ from .checkpointer import (
     set_rng_state,
 )
 from .model_loading import CheckpointMismatchError, LoadReport, load_model_weights
+from .weights_file import (
+    MissingSafetensorsError,
+    load_safetensors,
+    save_model_weights,
+    save_safetensors,
+)
 
 __all__ = [
     "CheckpointMismatchError",
     "Checkpointer",
     "LoadReport",
+    "MissingSafetensorsError",
     "atomic_torch_save",
     "get_rng_state",
     "load_checkpoint_file",
     "load_model_weights",
+    "load_safetensors",
+    "save_model_weights",
+    "save_safetensors",
     "set_rng_state",
 ]

@@ -119,16 +119,16 @@ def _local_path(path: str) -> str:
 
 
 def load_checkpoint_file(path: str) -> dict[str, Any]:
-    """Load a ``.pth`` (``weights_only=True``), ``.safetensors`` or detectron2 ``.pkl`` file onto the CPU."""
+    """Load a ``.pth`` (``weights_only=True``), ``.safetensors`` or detectron2 ``.pkl`` file onto the CPU.
+
+    A ``.safetensors`` file gives ``{"model": state_dict}`` (and ``"__retinakit__"`` when it
+    recorded one); without the ``safetensors`` package it raises ``MissingSafetensorsError``.
+    """
     local = _local_path(path)
-    if local.endswith(".safetensors"):
-        try:
-            from safetensors.torch import load_file
-        except ImportError as e:
-            raise ImportError(
-                f"{path} is a safetensors file; install the 'safetensors' package to read it."
-            ) from e
-        return {"model": load_file(local)}
+    if local.endswith(".safetensors"):  # model weights only; see weights_file.py
+        from .weights_file import load_safetensors
+
+        return load_safetensors(local, source=path)
     if local.endswith(".pkl"):  # detectron2 model zoo: numpy arrays only, read without running code
         from .converters.detectron2 import load_pkl
 
