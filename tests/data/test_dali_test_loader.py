@@ -323,9 +323,11 @@ def _pseudo_gt(name, dets, tmp_path, per_image=8):
     cut = sorted((d["score"] for d in dets), reverse=True)[per_image * len(gt["images"])]
     keep = [d for d in dets if d["score"] > cut and min(d["bbox"][2:]) > 1]
     gt["annotations"] = [
-        {"id": k + 1, "image_id": d["image_id"], "category_id": d["category_id"], "bbox": d["bbox"], "iscrowd": 0}
+        {"id": k + 1, "image_id": d["image_id"], "category_id": d["category_id"], "bbox": d["bbox"], "area": d["bbox"][2] * d["bbox"][3]}
         for k, d in enumerate(keep)
     ]
+    for a in gt["annotations"]:
+        a["iscrowd"] = 0
     path = tmp_path / "pseudo.json"
     path.write_text(json.dumps(gt))
     name = f"dali_pseudo_gt_{tmp_path.name}"  # one per test
