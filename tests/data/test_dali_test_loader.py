@@ -178,7 +178,7 @@ def _compare(torch_loader, dali_loader, border_tol):
         for t, d in zip(tb, db):
             assert t.keys() == d.keys() and (t["height"], t["width"], t["file_name"]) == (d["height"], d["width"], d["file_name"])
             assert t["image"].dtype == d["image"].dtype == torch.uint8 and t["image"].shape == d["image"].shape
-            diff = (t["image"].int() - d["image"].int()).abs()
+            diff = (t["image"].int() - d["image"].cpu().int()).abs()
             assert diff[:, 1:-1, 1:-1].max() <= 1 and diff.max() <= border_tol, (t["file_name"], diff.max())
             n += 1
     return n
@@ -201,6 +201,19 @@ def test_test_loader_parity_on_shapes(shapes, min_size, border_tol):
     assert first["image"].shape == (3, size, size) and (first["height"], first["width"]) == (128, 128)
     # the torch test loader is the InferencePreprocessor (predictor, calibration): same output
     assert torch.equal(first["image"], build_inference_preprocess(cfg)(first["file_name"])[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.cuda
+def test_gpu_test_loader_parity(shapes):
+    """GPU decoding ("mixed") and resize: CUDA images, same ids and sizes, pixels within 1."""
+    cfg = _cfg()
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 160, 1000
+    t = build_detection_test_loader(cfg, shapes, batch_size=3)
+    cfg.DATALOADER.BACKEND, cfg.DATALOADER.DALI.DEVICE = "dali", "gpu"
+    d = build_detection_test_loader(cfg, shapes, batch_size=3)
+    assert next(iter(d))[0]["image"].is_cuda
+    assert _compare(t, d, border_tol=1) == 8
 
 
 def test_test_loader_parity_mixed_sizes_and_instances(bad_dataset):
@@ -360,3 +373,20 @@ def test_coco_ap_same_through_both_loaders(shapes, random_model, tmp_path, min_s
     assert dali_ap >= 1.0 - tol, dali_ap
     if min_size == 0:
         assert ap_t == ap_d and dali_ap == 1.0
+
+
+def test_skip_file_broken_after_the_check(bad_dataset):
+    """A file that breaks after the check (or that the check misses) still stops the DALI
+    batch with its name: DALI cannot drop an image from a failed batch."""
+    dicts, _ = bad_dataset
+    good = [d for d in dicts if d["image_id"] in GOOD]
+    loader = build_dali_test_loader(_cfg(ON_BAD_IMAGE="skip"), good, batch_size=4)
+    assert loader.skipped == 0
+    path = good[2]["file_name"]
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(BadImageError, match="did not catch this") as e:
+        _ids(loader)
+    assert path in str(e.value) and "image id 3" in str(e.value)
