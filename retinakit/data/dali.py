@@ -224,7 +224,10 @@ class DaliLoader:
     def _find_bad(self, name: str) -> set[int]:
         """Positions of the bad images of the whole dataset (checked by all ranks together:
         every rank constructs its loader)."""
-        return report_bad_images(self.dataset, "skip", name, formats=DALI_IMAGE_FORMATS, all_ranks=True)
+        bad = report_bad_images(self.dataset, "skip", name, formats=DALI_IMAGE_FORMATS, all_ranks=True)
+        if self.dataset and len(bad) == len(self.dataset):  # the filtered infinite stream would never yield
+            raise DatasetError(f"{name}: all {len(bad)} image files are bad (see the warning above); there is nothing to train on.")
+        return bad
 
     def _hint(self) -> str:
         return _SKIP_HINT if self.on_bad_image == "error" else _MISSED_HINT

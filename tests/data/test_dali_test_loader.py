@@ -134,6 +134,10 @@ def test_skip_train_loader(bad_dataset, caplog):
     batches = [next(it) for _ in range(6)]
     assert all(len(b) == 3 for b in batches)
     assert {d["image_id"] for b in batches for d in b} == set(good)
+    from retinakit.data import DatasetError
+
+    with pytest.raises(DatasetError, match="all 7 image files are bad"):
+        build_detection_train_loader(cfg, dataset=[d for d in dicts if d["image_id"] in BAD])
 
 
 @pytest.mark.parametrize("image_id", sorted(BAD))
