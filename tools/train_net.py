@@ -48,8 +48,9 @@ def user_error_message(e: BaseException) -> str | None:
     except ImportError:  # the data layer failed to import: not a user error
         DatasetError = ()  # type: ignore[assignment]
     from retinakit.checkpoint import CheckpointMismatchError
+    from retinakit.checkpoint.weights_file import MissingSafetensorsError
 
-    if isinstance(e, (ConfigError, DatasetError, CheckpointMismatchError)):
+    if isinstance(e, (ConfigError, DatasetError, CheckpointMismatchError, MissingSafetensorsError)):
         return str(e)
     if isinstance(e, KeyError) and ("registry" in str(e) or "not registered" in str(e)):
         return str(e.args[0]) if e.args else str(e)
@@ -145,14 +146,14 @@ def guarded_main(args: Any) -> Any:
     except NonFiniteLossError as e:
         logging.getLogger("retinakit").error(str(e))
         print(f"ERROR: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_NON_FINITE)
+        raise SystemExit(EXIT_NON_FINITE) from e
     except Exception as e:
         msg = user_error_message(e)
         if msg is None:
             raise
         if comm.is_main_process():
             print(f"ERROR: {msg}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_USER_ERROR)
+        raise SystemExit(EXIT_USER_ERROR) from e
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -250,7 +250,9 @@ class DefaultTrainer(TrainerBase):
         from ..evaluation import COCOEvaluator
 
         out = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(dataset_name, out, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+        return COCOEvaluator(
+            dataset_name, out, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE, use_fast_impl=cfg.TEST.FAST_COCO_EVAL
+        )
 
     @classmethod
     def test_dataset_names(cls, cfg: Any) -> list[str]:

@@ -116,3 +116,15 @@ def test_missing_faster_coco_eval_falls_back_to_pycocotools(tmp_path, monkeypatc
         ev = COCOEvaluator(json_file=gt_file, use_fast_impl=True)
     assert ev._COCOeval is COCOeval
     assert "faster-coco-eval is not installed" in caplog.text
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_config_key_selects_the_implementation(fast):
+    """TEST.FAST_COCO_EVAL reaches the evaluator that DefaultTrainer builds."""
+    from retinakit.config import get_cfg
+    from retinakit.engine import DefaultTrainer
+
+    cfg = get_cfg()
+    cfg.merge_from_list(["TEST.FAST_COCO_EVAL", fast, "OUTPUT_DIR", ""])
+    ev = DefaultTrainer.build_evaluator(cfg, "shapes_val", output_folder=None)
+    assert ev._COCOeval.__module__.startswith("faster_coco_eval" if fast else "pycocotools")

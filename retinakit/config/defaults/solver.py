@@ -86,6 +86,9 @@ def add_solver_config(_C: CN) -> None:
     _C.TEST.BEST_MODE = "max"
     # Seconds between scans of OUTPUT_DIR by `train_net.py --eval-only --watch`.
     _C.TEST.WATCH_INTERVAL = 10.0
+    # Evaluate with faster-coco-eval (C++) when installed instead of pycocotools; the metrics
+    # agree to 1e-15 (tests/evaluation/test_faster_coco_eval.py). Falls back with a warning.
+    _C.TEST.FAST_COCO_EVAL = False
 
     # Extra hooks named in HOOK_REGISTRY, appended after the default hooks. Each is built
     # as HOOK_REGISTRY.get(name)(cfg, trainer).
