@@ -64,7 +64,8 @@ def draw(image: np.ndarray, boxes, classes, ignore, names) -> Image.Image:
 def _from_annotations(dicts, names, out, n):
     for d in dicts[:n]:
         annos = d["annotations"]
-        img = draw(read_image(d["file_name"], "RGB"), [a["bbox"] for a in annos], [a["category_id"] for a in annos], [a["iscrowd"] for a in annos], names)
+        boxes, classes, crowd = [a["bbox"] for a in annos], [a["category_id"] for a in annos], [a["iscrowd"] for a in annos]
+        img = draw(read_image(d["file_name"], "RGB"), boxes, classes, crowd, names)
         img.save(os.path.join(out, f"{d['image_id']}.png"))
 
 
@@ -93,7 +94,9 @@ def main(argv=None) -> int:
     if args.dataset:
         cfg.DATASETS.TRAIN, cfg.DATASETS.TRAIN_JSON = tuple(args.dataset), ""
     names_ds = get_train_dataset_names(cfg)
-    dicts = get_detection_dataset_dicts(names_ds, on_bad_annotation=cfg.DATALOADER.ON_BAD_ANNOTATION, on_bad_image=cfg.DATALOADER.ON_BAD_IMAGE)
+    dicts = get_detection_dataset_dicts(
+        names_ds, on_bad_annotation=cfg.DATALOADER.ON_BAD_ANNOTATION, on_bad_image=cfg.DATALOADER.ON_BAD_IMAGE,
+    )
     classes = MetadataCatalog.get(names_ds[0]).thing_classes
     print(format_statistics(dataset_statistics(dicts, classes), f"Datasets {', '.join(names_ds)}"))
     os.makedirs(args.output, exist_ok=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
-from typing import Any, Callable, Dict, Iterable, List
+from collections.abc import Iterable
+from typing import Any, Callable
 
 import yaml
 from fvcore.common.config import CfgNode as _FvCfgNode
@@ -16,14 +17,14 @@ logger = logging.getLogger(__name__)
 # Functions ``fn(cfg)`` that add config keys for components living outside the library
 # (projects/, user packages). They run on every new config and, after CUSTOM_IMPORTS
 # are imported, on a config being merged.
-_CONFIG_EXTENSIONS: List[Callable[["CfgNode"], None]] = []
+_CONFIG_EXTENSIONS: list[Callable[[CfgNode], None]] = []
 
 
 class ConfigError(ValueError):
     """A config file or override is invalid. The message names the key and the source."""
 
 
-def register_config_extension(fn: Callable[["CfgNode"], None]) -> Callable[["CfgNode"], None]:
+def register_config_extension(fn: Callable[[CfgNode], None]) -> Callable[[CfgNode], None]:
     """Register ``fn(cfg)`` that adds new keys (e.g. ``cfg.MODEL.RESNET10 = CfgNode()``).
 
     ``fn`` must only add keys that are missing, so that it can run more than once.
@@ -34,7 +35,7 @@ def register_config_extension(fn: Callable[["CfgNode"], None]) -> Callable[["Cfg
     return fn
 
 
-def _apply_extensions(cfg: "CfgNode") -> None:
+def _apply_extensions(cfg: CfgNode) -> None:
     was_frozen = cfg.is_frozen()
     cfg.defrost()
     for fn in _CONFIG_EXTENSIONS:
@@ -55,7 +56,7 @@ def import_custom_modules(modules: Iterable[str]) -> None:
             ) from e
 
 
-def _all_keys(node: Dict[str, Any], prefix: str = "") -> List[str]:
+def _all_keys(node: dict[str, Any], prefix: str = "") -> list[str]:
     out = []
     for k, v in node.items():
         full = f"{prefix}{k}"
@@ -119,7 +120,7 @@ class CfgNode(_FvCfgNode):
             raise ConfigError(f"Config file {cfg_filename} must contain a mapping of keys, got {type(loaded).__name__}.")
         self.merge_from_dict(loaded, source=cfg_filename)
 
-    def merge_from_dict(self, loaded: Dict[str, Any], source: str = "a dict") -> None:
+    def merge_from_dict(self, loaded: dict[str, Any], source: str = "a dict") -> None:
         """Merge a plain nested dict, checking keys and types."""
         imports = loaded.get("CUSTOM_IMPORTS")
         if imports:
@@ -128,8 +129,8 @@ class CfgNode(_FvCfgNode):
         checked = self._check(loaded, self, "", source)
         self.merge_from_other_cfg(type(self)(checked))
 
-    def _check(self, loaded: Dict[str, Any], node: Any, prefix: str, source: str) -> Dict[str, Any]:
-        out: Dict[str, Any] = {}
+    def _check(self, loaded: dict[str, Any], node: Any, prefix: str, source: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         for key, value in loaded.items():
             full = f"{prefix}{key}"
             if key not in node:
@@ -156,13 +157,13 @@ class CfgNode(_FvCfgNode):
             "See docs/configs.md for every key; keys of a custom component need its package in CUSTOM_IMPORTS."
         )
 
-    def merge_from_list(self, cfg_list: List[Any]) -> None:
+    def merge_from_list(self, cfg_list: list[Any]) -> None:
         """Merge ``["KEY.PATH", "VALUE", ...]`` (values parsed as Python literals, else strings)."""
         if len(cfg_list) % 2 != 0:
             raise ConfigError(
                 f"Overrides must come in KEY VALUE pairs; got an odd number of items: {cfg_list}."
             )
-        nested: Dict[str, Any] = {}
+        nested: dict[str, Any] = {}
         for full, raw in zip(cfg_list[0::2], cfg_list[1::2]):
             value = self._decode_cfg_value(raw) if isinstance(raw, str) else raw
             if full == "CUSTOM_IMPORTS" and value:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable
 
 from yacs.config import CfgNode as _YacsCfgNode
 
@@ -20,7 +20,7 @@ def _called_with_cfg(*args: Any, **kwargs: Any) -> bool:
     return _is_cfg(kwargs.get("cfg"))
 
 
-def _from_config_kwargs(from_config: Callable[..., Dict[str, Any]], *args: Any, **kwargs: Any) -> Dict[str, Any]:
+def _from_config_kwargs(from_config: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Call ``from_config`` with the arguments it declares; pass the others through."""
     sig = inspect.signature(from_config)
     params = sig.parameters
@@ -35,7 +35,7 @@ def _from_config_kwargs(from_config: Callable[..., Dict[str, Any]], *args: Any, 
     return built
 
 
-def configurable(init_func: Optional[Callable[..., Any]] = None, *, from_config: Optional[Callable[..., Any]] = None) -> Any:
+def configurable(init_func: Callable[..., Any] | None = None, *, from_config: Callable[..., Any] | None = None) -> Any:
     """Decorate a class ``__init__`` (with a ``from_config`` classmethod) or a function.
 
     Class usage::

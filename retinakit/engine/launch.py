@@ -64,7 +64,10 @@ def launch(
     backend = backend or default_backend()
     if _under_torchrun():
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        _init_group(backend, "env://", int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), local_world, num_machines_from_env(local_world), timeout)
+        _init_group(
+            backend, "env://", int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]),
+            local_world, num_machines_from_env(local_world), timeout,
+        )
         try:
             return main_func(*args)
         finally:
@@ -90,7 +93,9 @@ def num_machines_from_env(local_world: int) -> int:
     return max(int(os.environ["WORLD_SIZE"]) // max(local_world, 1), 1)
 
 
-def _init_group(backend: str, url: str, world: int, rank: int, local_rank: int, local_world: int, num_machines: int, timeout: timedelta) -> None:
+def _init_group(
+    backend: str, url: str, world: int, rank: int, local_rank: int, local_world: int, num_machines: int, timeout: timedelta,
+) -> None:
     _set_device(local_rank)
     dist.init_process_group(backend=backend, init_method=url, world_size=world, rank=rank, timeout=timeout)
     # One group per machine (every process must create every group, in the same order).

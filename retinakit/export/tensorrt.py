@@ -11,6 +11,7 @@ Install: ``pip install retinakit[tensorrt]`` (``tensorrt`` and ``cuda-python``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,7 +23,15 @@ import numpy as np
 
 from ._deps import MissingDependencyError, require
 
-__all__ = ["EngineBuildError", "ShapeProfile", "TensorRTBackend", "TensorRTRunner", "build_engine", "read_engine_metadata", "tensorrt_available"]
+__all__ = [
+    "EngineBuildError",
+    "ShapeProfile",
+    "TensorRTBackend",
+    "TensorRTRunner",
+    "build_engine",
+    "read_engine_metadata",
+    "tensorrt_available",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -239,10 +248,8 @@ class TensorRTRunner:
             self.stream = None
 
     def __del__(self) -> None:  # pragma: no cover - depends on interpreter shutdown order
-        try:
+        with contextlib.suppress(Exception):  # nothing to report during interpreter shutdown
             self.close()
-        except Exception:  # noqa: BLE001, S110 - nothing to report during interpreter shutdown
-            pass
 
 
 class TensorRTBackend:

@@ -139,4 +139,5 @@ def format_table(results: Sequence[VerifyResult]) -> str:
          "-" if r.delta_ap is None else f"{r.delta_ap:+.2f}", "-" if r.max_box_diff is None else f"{r.max_box_diff:.3f}", r.status]
         for r in results
     ]
-    return tabulate(rows, headers=["backend", "precision", "latency ms/img (median ± IQR/2)", "AP", "ΔAP vs PyTorch", "max box diff px", "status"])
+    headers = ["backend", "precision", "latency ms/img (median ± IQR/2)", "AP", "ΔAP vs PyTorch", "max box diff px", "status"]
+    return tabulate(rows, headers=headers)

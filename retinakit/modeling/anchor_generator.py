@@ -1,7 +1,7 @@
 """Anchor generators: ``ANCHOR_GENERATOR_REGISTRY`` and ``DefaultAnchorGenerator``."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -24,7 +24,7 @@ ANCHOR_GENERATOR_REGISTRY = Registry(
 )
 
 
-def _broadcast(values: Sequence, num_levels: int, key: str) -> List[List[float]]:
+def _broadcast(values: Sequence, num_levels: int, key: str) -> list[list[float]]:
     """One list per level: a single list (or a list of one list) applies to every level."""
     values = list(values)
     if not values:
@@ -34,7 +34,9 @@ def _broadcast(values: Sequence, num_levels: int, key: str) -> List[List[float]]
     if len(values) == 1:
         values = values * num_levels
     if len(values) != num_levels:
-        raise ValueError(f"{key} has {len(values)} lists but the head uses {num_levels} feature levels; give one list per level or a single list.")
+        raise ValueError(
+            f"{key} has {len(values)} lists but the head uses {num_levels} feature levels; give one list per level or a single list."
+        )
     return [list(map(float, v)) for v in values]
 
 
@@ -72,7 +74,7 @@ class DefaultAnchorGenerator(nn.Module):
         cell = [self._cell_anchors(s, r) for s, r in zip(self.sizes, self.aspect_ratios)]
         for i, c in enumerate(cell):
             self.register_buffer(f"cell_anchors_{i}", c, persistent=False)
-        self._cache: Dict[Tuple, List[torch.Tensor]] = {}
+        self._cache: dict[tuple, list[torch.Tensor]] = {}
 
     @classmethod
     def from_config(cls, cfg, input_shapes: Sequence[ShapeSpec]) -> dict:
@@ -87,7 +89,7 @@ class DefaultAnchorGenerator(nn.Module):
             strides_from_image=a.STRIDES_FROM_IMAGE,
         )
 
-    def _cell_anchors(self, sizes: List[float], ratios: List[float]) -> torch.Tensor:
+    def _cell_anchors(self, sizes: list[float], ratios: list[float]) -> torch.Tensor:
         """``[A, 4]`` anchors centred at 0 for one level."""
         scales = torch.tensor([s * o for s in sizes for o in self.octave_scales], dtype=torch.float32)
         h_ratio = torch.sqrt(torch.tensor(ratios, dtype=torch.float32))
@@ -98,13 +100,13 @@ class DefaultAnchorGenerator(nn.Module):
         return base.round() if self.round_anchors else base
 
     @property
-    def num_anchors(self) -> List[int]:
+    def num_anchors(self) -> list[int]:
         return [len(r) * len(s) * len(self.octave_scales) for s, r in zip(self.sizes, self.aspect_ratios)]
 
     def cell_anchors(self, level: int) -> torch.Tensor:
         return getattr(self, f"cell_anchors_{level}")
 
-    def _grid_anchors(self, level: int, grid: Tuple[int, int], stride: Tuple[int, int], device: torch.device) -> torch.Tensor:
+    def _grid_anchors(self, level: int, grid: tuple[int, int], stride: tuple[int, int], device: torch.device) -> torch.Tensor:
         gh, gw = grid
         sy, sx = stride
         ys = (torch.arange(gh, dtype=torch.float32, device=device) + self.offset) * sy
@@ -113,7 +115,7 @@ class DefaultAnchorGenerator(nn.Module):
         shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)
         return (shifts + self.cell_anchors(level).to(device).view(1, -1, 4)).reshape(-1, 4)
 
-    def forward(self, features: List[torch.Tensor], image_size: Tuple[int, int]) -> List[torch.Tensor]:
+    def forward(self, features: list[torch.Tensor], image_size: tuple[int, int]) -> list[torch.Tensor]:
         """``features[l] [N, C, H_l, W_l]``, padded ``image_size (H, W)`` -> ``[H_l*W_l*A_l, 4]`` per level."""
         if len(features) != len(self.strides):
             raise ValueError(f"Anchor generator configured for {len(self.strides)} levels got {len(features)} feature maps.")

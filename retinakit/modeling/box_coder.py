@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 
@@ -36,7 +36,7 @@ class _DeltaCoderBase:
     def __init__(self, *, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), scale_clamp: float = math.log(1000.0 / 16)) -> None:
         if len(weights) != 4:
             raise ValueError(f"MODEL.RETINANET.BBOX_REG_WEIGHTS needs 4 values, got {list(weights)}.")
-        self.weights: Tuple[float, float, float, float] = tuple(float(w) for w in weights)  # type: ignore[assignment]
+        self.weights: tuple[float, float, float, float] = tuple(float(w) for w in weights)  # type: ignore[assignment]
         self.scale_clamp = float(scale_clamp)
 
     @classmethod
@@ -47,7 +47,7 @@ class _DeltaCoderBase:
     anchor_pixel_offset = 0.0
 
     @staticmethod
-    def _centers(boxes: torch.Tensor, offset: float = 0.0) -> Tuple[torch.Tensor, ...]:
+    def _centers(boxes: torch.Tensor, offset: float = 0.0) -> tuple[torch.Tensor, ...]:
         w = boxes[:, 2] - boxes[:, 0] + offset
         h = boxes[:, 3] - boxes[:, 1] + offset
         return boxes[:, 0] + 0.5 * w, boxes[:, 1] + 0.5 * h, w, h
@@ -81,7 +81,7 @@ class _DeltaCoderBase:
 class DeltaXYWHBoxCoder(_DeltaCoderBase):
     __doc__ = _DeltaCoderBase.__doc__
 
-    def fused_decode_params(self) -> Tuple[Tuple[float, float, float, float], float]:
+    def fused_decode_params(self) -> tuple[tuple[float, float, float, float], float]:
         """``(weights, scale_clamp)`` for the post-processor's fused decode kernel."""
         return self.weights, self.scale_clamp
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -95,7 +95,7 @@ class RetinaNetHead(nn.Module):
             prior_prob=r.PRIOR_PROB,
         )
 
-    def forward(self, features: List[torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    def forward(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """``features[l] [N, C, H_l, W_l]`` -> ``([N, A*K, H_l, W_l]...), ([N, A*4, H_l, W_l]...)``."""
         logits = [self.cls_score(self.cls_subnet(f)) for f in features]
         deltas = [self.bbox_pred(self.bbox_subnet(f)) for f in features]

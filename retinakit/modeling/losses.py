@@ -12,7 +12,7 @@ from torch import nn
 from ..config import configurable
 from ..utils.registry import Registry
 
-__all__ = ["LOSS_REGISTRY", "SigmoidFocalLoss", "SmoothL1Loss", "L1Loss", "GIoULoss", "build_loss", "giou"]
+__all__ = ["LOSS_REGISTRY", "GIoULoss", "L1Loss", "SigmoidFocalLoss", "SmoothL1Loss", "build_loss", "giou"]
 
 LOSS_REGISTRY = Registry(
     "LOSS",

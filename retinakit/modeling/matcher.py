@@ -1,7 +1,7 @@
 """Anchor-to-ground-truth matchers: ``MATCHER_REGISTRY`` and ``IoUMatcher``."""
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 
@@ -43,7 +43,7 @@ class IoUMatcher:
             raise ValueError(f"IOU_THRESHOLDS must be increasing, got {list(thresholds)}.")
         if any(lbl not in (-1, 0, 1) for lbl in labels):
             raise ValueError(f"IOU_LABELS entries must be -1, 0 or 1, got {list(labels)}.")
-        self.thresholds: List[float] = [float("-inf"), *map(float, thresholds), float("inf")]
+        self.thresholds: list[float] = [float("-inf"), *map(float, thresholds), float("inf")]
         self.labels = list(labels)
         self.allow_low_quality_matches = allow_low_quality_matches
 
@@ -52,7 +52,7 @@ class IoUMatcher:
         r = cfg.MODEL.RETINANET
         return dict(thresholds=r.IOU_THRESHOLDS, labels=r.IOU_LABELS, allow_low_quality_matches=r.ALLOW_LOW_QUALITY_MATCHES)
 
-    def __call__(self, quality: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``quality [G, A]`` -> ``matches [A]`` (int64), ``labels [A]`` (int8)."""
         num_anchors = quality.shape[1]
         if quality.shape[0] == 0:

@@ -1,11 +1,11 @@
 """``Boxes``: an (N, 4) float tensor of boxes in absolute XYXY coordinates."""
 from __future__ import annotations
 
-from typing import Iterator, List, Sequence, Tuple, Union
+from collections.abc import Iterator, Sequence
 
 import torch
 
-__all__ = ["Boxes", "pairwise_iou", "box_area"]
+__all__ = ["Boxes", "box_area", "pairwise_iou"]
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
@@ -31,7 +31,7 @@ def pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class Boxes:
     """A list of N boxes stored as ``tensor [N, 4]`` (x0, y0, x1, y1), float."""
 
-    def __init__(self, tensor: Union[torch.Tensor, Sequence[Sequence[float]]]) -> None:
+    def __init__(self, tensor: torch.Tensor | Sequence[Sequence[float]]) -> None:
         if not isinstance(tensor, torch.Tensor):
             tensor = torch.as_tensor(tensor, dtype=torch.float32)
         if tensor.numel() == 0:
@@ -40,10 +40,10 @@ class Boxes:
             raise ValueError(f"Boxes expects a tensor of shape [N, 4], got {tuple(tensor.shape)}.")
         self.tensor = tensor
 
-    def clone(self) -> "Boxes":
+    def clone(self) -> Boxes:
         return Boxes(self.tensor.clone())
 
-    def to(self, *args, **kwargs) -> "Boxes":
+    def to(self, *args, **kwargs) -> Boxes:
         return Boxes(self.tensor.to(*args, **kwargs))
 
     @property
@@ -54,7 +54,7 @@ class Boxes:
         """``[N]`` areas (0 for empty/inverted boxes)."""
         return box_area(self.tensor)
 
-    def clip(self, box_size: Tuple[int, int]) -> None:
+    def clip(self, box_size: tuple[int, int]) -> None:
         """Clip in place to an image of ``(height, width)``."""
         h, w = box_size
         x0 = self.tensor[:, 0].clamp(min=0, max=w)
@@ -76,7 +76,7 @@ class Boxes:
     def get_centers(self) -> torch.Tensor:
         return (self.tensor[:, :2] + self.tensor[:, 2:]) / 2
 
-    def __getitem__(self, item) -> "Boxes":
+    def __getitem__(self, item) -> Boxes:
         if isinstance(item, int):
             return Boxes(self.tensor[item].view(1, -1))
         return Boxes(self.tensor[item])
@@ -91,11 +91,11 @@ class Boxes:
         yield from self.tensor
 
     @classmethod
-    def cat(cls, boxes_list: List["Boxes"]) -> "Boxes":
+    def cat(cls, boxes_list: list[Boxes]) -> Boxes:
         if len(boxes_list) == 0:
             return cls(torch.empty(0, 4))
         return cls(torch.cat([b.tensor for b in boxes_list], dim=0))
 
     @staticmethod
-    def pairwise_iou(a: "Boxes", b: "Boxes") -> torch.Tensor:
+    def pairwise_iou(a: Boxes, b: Boxes) -> torch.Tensor:
         return pairwise_iou(a.tensor, b.tensor)

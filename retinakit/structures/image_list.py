@@ -1,7 +1,7 @@
 """``ImageList``: images of different sizes padded into one tensor."""
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,7 @@ __all__ = ["ImageList"]
 class ImageList:
     """``tensor [N, C, H, W]`` of padded images and their true ``image_sizes [(h, w), ...]``."""
 
-    def __init__(self, tensor: torch.Tensor, image_sizes: List[Tuple[int, int]]) -> None:
+    def __init__(self, tensor: torch.Tensor, image_sizes: list[tuple[int, int]]) -> None:
         self.tensor = tensor
         self.image_sizes = image_sizes
 
@@ -23,7 +23,7 @@ class ImageList:
         h, w = self.image_sizes[idx]
         return self.tensor[idx, ..., :h, :w]
 
-    def to(self, *args, **kwargs) -> "ImageList":
+    def to(self, *args, **kwargs) -> ImageList:
         return ImageList(self.tensor.to(*args, **kwargs), self.image_sizes)
 
     @property
@@ -33,7 +33,7 @@ class ImageList:
     @staticmethod
     def from_tensors(
         tensors: Sequence[torch.Tensor], size_divisibility: int = 0, pad_value: float = 0.0
-    ) -> "ImageList":
+    ) -> ImageList:
         """Pad ``[C, H_i, W_i]`` tensors at the bottom/right to a common size.
 
         The common size is the maximum height/width, rounded up to a multiple of

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import torch
 
@@ -16,14 +16,14 @@ class Instances:
     slice, a bool mask or an index tensor indexes every field.
     """
 
-    def __init__(self, image_size: Tuple[int, int], **kwargs: Any) -> None:
+    def __init__(self, image_size: tuple[int, int], **kwargs: Any) -> None:
         self._image_size = (int(image_size[0]), int(image_size[1]))
-        self._fields: Dict[str, Any] = {}
+        self._fields: dict[str, Any] = {}
         for k, v in kwargs.items():
             self.set(k, v)
 
     @property
-    def image_size(self) -> Tuple[int, int]:
+    def image_size(self) -> tuple[int, int]:
         return self._image_size
 
     def __setattr__(self, name: str, val: Any) -> None:
@@ -52,16 +52,16 @@ class Instances:
     def get(self, name: str) -> Any:
         return self._fields[name]
 
-    def get_fields(self) -> Dict[str, Any]:
+    def get_fields(self) -> dict[str, Any]:
         return self._fields
 
-    def to(self, *args: Any, **kwargs: Any) -> "Instances":
+    def to(self, *args: Any, **kwargs: Any) -> Instances:
         ret = Instances(self._image_size)
         for k, v in self._fields.items():
             ret.set(k, v.to(*args, **kwargs) if hasattr(v, "to") else v)
         return ret
 
-    def __getitem__(self, item: Any) -> "Instances":
+    def __getitem__(self, item: Any) -> Instances:
         if isinstance(item, int):
             if item >= len(self) or item < -len(self):
                 raise IndexError("Instances index out of range!")
@@ -80,7 +80,7 @@ class Instances:
         raise NotImplementedError("Instances is not iterable; index it or read its fields.")
 
     @staticmethod
-    def cat(instance_lists: List["Instances"]) -> "Instances":
+    def cat(instance_lists: list[Instances]) -> Instances:
         if not instance_lists:
             raise ValueError("Instances.cat needs at least one Instances.")
         image_size = instance_lists[0].image_size
@@ -102,4 +102,7 @@ class Instances:
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}: {v}" for k, v in self._fields.items())
-        return f"Instances(num_instances={len(self)}, image_height={self._image_size[0]}, image_width={self._image_size[1]}, fields=[{fields}])"
+        return (
+            f"Instances(num_instances={len(self)}, image_height={self._image_size[0]}, "
+            f"image_width={self._image_size[1]}, fields=[{fields}])"
+        )

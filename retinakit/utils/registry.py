@@ -7,7 +7,8 @@ documents, in its own docstring, the call signature its entries must follow.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar
+from collections.abc import Iterator
+from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
@@ -28,7 +29,7 @@ class Registry:
 
     def __init__(self, name: str, doc: str = "") -> None:
         self._name = name
-        self._obj_map: Dict[str, Any] = {}
+        self._obj_map: dict[str, Any] = {}
         self.__doc__ = doc
 
     @property
@@ -44,17 +45,17 @@ class Registry:
         self._obj_map[name] = obj
 
     def register(
-        self, obj: Optional[T] = None, *, name: Optional[str] = None, override: bool = False
+        self, obj: T | None = None, *, name: str | None = None, override: bool = False
     ) -> Any:
         """Register ``obj`` under ``name`` (default: ``obj.__name__``)."""
         if obj is None:
 
             def deco(func_or_class: T) -> T:
-                self._do_register(name or getattr(func_or_class, "__name__"), func_or_class, override)
+                self._do_register(name or getattr(func_or_class, "__name__"), func_or_class, override)  # noqa: B009 - T has no __name__ for mypy
                 return func_or_class
 
             return deco
-        self._do_register(name or getattr(obj, "__name__"), obj, override)
+        self._do_register(name or getattr(obj, "__name__"), obj, override)  # noqa: B009 - T has no __name__ for mypy
         return obj
 
     def get(self, name: str) -> Any:
@@ -73,7 +74,7 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         return name in self._obj_map
 
-    def __iter__(self) -> Iterator[Tuple[str, Any]]:
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
         return iter(sorted(self._obj_map.items()))
 
     def names(self) -> list:

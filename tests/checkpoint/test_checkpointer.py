@@ -28,12 +28,12 @@ def _setup(tmp_path):
 
 
 def test_save_contents_load_weights_only(tmp_path):
-    model, opt, sched, ck = _setup(tmp_path)
+    model, opt, _sched, ck = _setup(tmp_path)
     path = ck.save("model_0000006", iteration=6)
     data = torch.load(path, map_location="cpu", weights_only=True)
     assert set(data) == {"model", "optimizer", "scheduler", "rng", "iteration"}
     assert data["iteration"] == 6 and data["scheduler"]["last_iter"] == 7
-    assert open(tmp_path / "last_checkpoint").read() == "model_0000006.pth"
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000006.pth"
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
 
     model2, opt2, sched2, ck2 = _setup(tmp_path / "other")
@@ -61,7 +61,7 @@ def test_rng_state_round_trip():
 
 
 def test_failed_save_leaves_previous_checkpoint_and_pointer(tmp_path, monkeypatch):
-    model, opt, sched, ck = _setup(tmp_path)
+    _model, _opt, _sched, ck = _setup(tmp_path)
     ck.save("model_0000001", iteration=1)
 
     def exploding_save(obj, f, *a, **k):
@@ -72,12 +72,12 @@ def test_failed_save_leaves_previous_checkpoint_and_pointer(tmp_path, monkeypatc
     with pytest.raises(OSError):
         ck.save("model_0000003", iteration=3)
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]
-    assert open(tmp_path / "last_checkpoint").read() == "model_0000001.pth"
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
 def test_corrupt_newest_checkpoint_falls_back_with_warning(tmp_path, caplog, damage):
-    model, opt, sched, ck = _setup(tmp_path)
+    model, _opt, _sched, ck = _setup(tmp_path)
     ck.save("model_0000001", iteration=1)
     good = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
@@ -100,7 +100,7 @@ def test_corrupt_newest_checkpoint_falls_back_with_warning(tmp_path, caplog, dam
 
 
 def test_model_mismatch_is_named(tmp_path):
-    model, opt, sched, ck = _setup(tmp_path)
+    _model, _opt, _sched, ck = _setup(tmp_path)
     path = ck.save("model_final", iteration=9)
     other = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5))
     with pytest.raises(Exception, match=r"0\.weight|shape"):
@@ -108,7 +108,7 @@ def test_model_mismatch_is_named(tmp_path):
 
 
 def test_keep_last_n(tmp_path):
-    model, opt, sched, ck = _setup(tmp_path)
+    _model, _opt, _sched, ck = _setup(tmp_path)
 
     class FakeTrainer:
         iter = 0
@@ -120,4 +120,4 @@ def test_keep_last_n(tmp_path):
         hook.after_step()
     files = sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth"))
     assert files == ["model_0000007.pth", "model_0000008.pth", "model_final.pth"]
-    assert open(tmp_path / "last_checkpoint").read() == "model_final.pth"
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"

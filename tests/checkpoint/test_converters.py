@@ -190,7 +190,7 @@ def test_cli_refuses_pickles_with_code(tmp_path):
 def test_cli_error_for_wrong_source(tmp_path):
     src = tmp_path / "odtk.pth"
     torch.save(OdtkRetinaNet("ResNet18FPN", 2).checkpoint(), src)
-    with pytest.raises(SystemExit, match="cannot convert .* as a detectron2 checkpoint"):
+    with pytest.raises(SystemExit, match=r"cannot convert .* as a detectron2 checkpoint"):
         load_tool().main(["--source", "detectron2", str(src), str(tmp_path / "out.pth")])
 
 

@@ -21,8 +21,11 @@ decoding), not from retinakit: they share no code with ``retinakit.modeling``.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -339,17 +342,13 @@ def odtk_detect(model: OdtkRetinaNet, x: torch.Tensor, threshold=0.05, top_n=100
 
 
 # ----------------------------------------------------------------------------- tests
-import importlib.util
-import os
-
-import pytest
-
 pytest.importorskip("torchvision")
 
-from retinakit.checkpoint.converters import convert
-from retinakit.checkpoint.model_loading import load_model_weights
-from retinakit.config import get_cfg
-from retinakit.modeling import build_model
+# after the references (which need no retinakit) and the skip: E402 on purpose
+from retinakit.checkpoint.converters import convert  # noqa: E402
+from retinakit.checkpoint.model_loading import load_model_weights  # noqa: E402
+from retinakit.config import get_cfg  # noqa: E402
+from retinakit.modeling import build_model  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -364,7 +363,7 @@ def load_tool():
 def model_from_info(info, extra=()):
     cfg = get_cfg()
     cfg.merge_from_file(os.path.join(REPO, info["config"]))
-    cfg.merge_from_list(list(info.get("config_overrides", [])) + ["MODEL.DEVICE", "cpu", *extra])
+    cfg.merge_from_list([*info.get("config_overrides", []), "MODEL.DEVICE", "cpu", *extra])
     return build_model(cfg).eval()
 
 

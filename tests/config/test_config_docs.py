@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from retinakit.config import get_cfg
 
@@ -17,7 +18,7 @@ def _keys(node, prefix=""):
 
 
 def test_every_key_is_documented_with_a_meaning():
-    text = open(os.path.join(ROOT, "docs", "configs.md"), encoding="utf-8").read()
+    text = Path(ROOT, "docs", "configs.md").read_text(encoding="utf-8")
     rows = {line.split("`")[1]: line for line in text.splitlines() if line.startswith("| `")}
     missing = [k for k in _keys(get_cfg()) if k not in rows]
     assert not missing, f"not in docs/configs.md (run tools/gen_config_docs.py): {missing}"

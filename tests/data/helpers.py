@@ -38,7 +38,10 @@ def make_coco(
         for _ in range(boxes_per_image):
             bw, bh = rng.uniform(2, w / 2), rng.uniform(2, h / 2)
             x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
-            anns.append({"id": len(anns) + 1, "image_id": 100 + i, "category_id": int(rng.choice(cat_ids)), "bbox": [x, y, bw, bh], "area": bw * bh, "iscrowd": 0})
+            anns.append({
+                "id": len(anns) + 1, "image_id": 100 + i, "category_id": int(rng.choice(cat_ids)),
+                "bbox": [x, y, bw, bh], "area": bw * bh, "iscrowd": 0,
+            })
     if anns:
         anns[-1]["iscrowd"] = 1
     data = {"images": images, "annotations": anns, "categories": [{"id": c, "name": f"c{c}"} for c in cat_ids]}

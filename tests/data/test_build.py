@@ -1,6 +1,7 @@
 """Loaders built from a config."""
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,7 +82,7 @@ def test_test_loader_order_batches_and_skip(tmp_path):
 
 
 def test_dataset_errors(coco_dir, tmp_path):
-    with pytest.raises(KeyError, match="not registered.*register_coco_instances"):
+    with pytest.raises(KeyError, match=r"not registered.*register_coco_instances"):
         get_detection_dataset_dicts(["no_such_dataset"])
     with pytest.raises(DatasetError, match="No dataset given"):
         get_detection_dataset_dicts([])
@@ -113,7 +114,7 @@ def test_filter_empty_and_policies_from_cfg(tmp_path):
     cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
     ids = {d["image_id"] for b in itertools.islice(iter(build_detection_train_loader(cfg)), 5) for d in b}
     assert ids == {100, 102}
-    assert json.load(open(js))["annotations"][0]["bbox"] == [1, 1, -1, 1]
+    assert json.loads(Path(js).read_text())["annotations"][0]["bbox"] == [1, 1, -1, 1]
 
 
 def _signature(batches):

@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,7 +155,7 @@ def test_missing_and_corrupt_image_files(tmp_path, caplog):
     js = make_coco(str(tmp_path))
     os.remove(tmp_path / "img" / "im0.png")
     (tmp_path / "img" / "im1.png").write_bytes(b"not an image")
-    with pytest.raises(BadImageError, match="im0.png.*does not exist"):
+    with pytest.raises(BadImageError, match=r"im0\.png.*does not exist"):
         load_coco_json(js, str(tmp_path / "img"))
     with caplog.at_level(logging.WARNING):
         dicts = load_coco_json(js, str(tmp_path / "img"), on_bad_image="skip")
@@ -179,4 +180,4 @@ def test_string_ids_and_large_file(tmp_path):
     dicts = load_coco_json(js, str(tmp_path / "img"))
     assert dicts[0]["image_id"] == "img-100" and sum(len(d["annotations"]) for d in dicts) == 2100
     write_image(str(tmp_path / "unused.png"), 4, 4)
-    assert json.load(open(js))["images"][0]["id"] == "img-100"
+    assert json.loads(Path(js).read_text())["images"][0]["id"] == "img-100"

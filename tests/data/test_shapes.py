@@ -1,6 +1,7 @@
 """The built-in shapes dataset: lazy, deterministic, valid COCO."""
 import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -15,7 +16,7 @@ def _digest(folder):
     for root, _, files in sorted(os.walk(folder)):
         for f in sorted(files):
             h.update(f.encode())
-            h.update(open(os.path.join(root, f), "rb").read())
+            h.update(Path(root, f).read_bytes())
     return h.hexdigest()
 
 

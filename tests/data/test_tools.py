@@ -48,7 +48,8 @@ def test_browse_dataset(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "boxes per class" in printed and "c11" in printed and "box size" in printed
     loader_out = tmp_path / "out2"
-    assert tool.main(["--output", str(loader_out), "--source", "loader", "--num-images", "2", *opts, "SOLVER.IMS_PER_BATCH", "1", "INPUT.MIN_SIZE_TRAIN", "(64,)"]) == 0
+    loader_args = ["--output", str(loader_out), "--source", "loader", "--num-images", "2", *opts]
+    assert tool.main([*loader_args, "SOLVER.IMS_PER_BATCH", "1", "INPUT.MIN_SIZE_TRAIN", "(64,)"]) == 0
     assert len(os.listdir(loader_out)) == 2
 
 
@@ -64,5 +65,5 @@ def test_benchmark_data_runs(tmp_path, capsys):
         sys.path.remove(os.path.join(ROOT, "tools"))
     assert rc == 0
     assert "images/s" in capsys.readouterr().out
-    results = json.load(open(tmp_path / "r.json"))["results"]
+    results = json.loads((tmp_path / "r.json").read_text())["results"]
     assert len(results["torch"]) == 2 and all(r > 0 for r in results["torch"])

@@ -16,7 +16,9 @@ from retinakit.data import (
 from retinakit.data.transforms import DetectionTransform, TransformParams, resized_shape
 
 
-@pytest.mark.parametrize("h,w,short,cap", [(480, 640, 800, 1333), (100, 1000, 800, 1333), (333, 500, 160, 0), (50, 50, 0, 100), (7, 3, 5, 9)])
+@pytest.mark.parametrize("h,w,short,cap", [
+    (480, 640, 800, 1333), (100, 1000, 800, 1333), (333, 500, 160, 0), (50, 50, 0, 100), (7, 3, 5, 9),
+])
 def test_resized_shape(h, w, short, cap):
     oh, ow = resized_shape(h, w, short, cap)
     if short <= 0:
@@ -104,12 +106,15 @@ def test_boxes_follow_pixels_like_torchvision(h, w, short, cap, hflip, vflip, se
     out_size = resized_shape(h, w, short, cap)
     p = TransformParams(out_size, hflip=hflip, vflip=vflip)
     t = DetectionTransform([max(short, 1)], cap)
-    ops = [v2.Resize(list(out_size), antialias=True)] + ([v2.RandomHorizontalFlip(1.0)] if hflip else []) + ([v2.RandomVerticalFlip(1.0)] if vflip else [])
+    ops = [v2.Resize(list(out_size), antialias=True)]
+    ops += ([v2.RandomHorizontalFlip(1.0)] if hflip else []) + ([v2.RandomVerticalFlip(1.0)] if vflip else [])
     ref = v2.Compose(ops)(tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)))
     torch.testing.assert_close(t.apply_boxes(boxes, (h, w), p), ref.as_subclass(torch.Tensor), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("out_size,hflip,vflip", [((60, 80), True, False), ((15, 20), False, True), ((45, 60), True, True), ((30, 40), False, False)])
+@pytest.mark.parametrize("out_size,hflip,vflip", [
+    ((60, 80), True, False), ((15, 20), False, True), ((45, 60), True, True), ((30, 40), False, False),
+])
 def test_box_frames_the_same_pixels(out_size, hflip, vflip):
     """A filled rectangle and its box go through image and box transforms; the bright
     region of the output image is where the output box says (within one pixel)."""

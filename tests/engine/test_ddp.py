@@ -1,6 +1,8 @@
 """DDP with 2 gloo processes on CPU equals 1 process with the same global batch."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from _engine_ddp import train_and_save
 
@@ -25,7 +27,7 @@ def test_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
 
     prefix = str(tmp_path / "msg")
     launch(train_until_nan, 2, dist_url="auto", args=(str(tmp_path / "o"), prefix))
-    m0, m1 = open(prefix + ".0").read(), open(prefix + ".1").read()
+    m0, m1 = Path(prefix + ".0").read_text(), Path(prefix + ".1").read_text()
     assert "iteration 2" in m0 and "iteration 2" in m1
     assert "another rank" in m0 and "non-finite here" in m1
     assert "[20, 21, 22, 23]" in m1  # rank 1 of 2, 4 images each: iteration 2 starts at (2 * 2 + 1) * 4

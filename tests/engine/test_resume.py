@@ -55,5 +55,5 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     # metrics.json of the resumed run has no duplicated iterations
     import json
 
-    its = [json.loads(x)["iteration"] for x in open(tmp_path / "killed" / "metrics.json")]
+    its = [json.loads(x)["iteration"] for x in (tmp_path / "killed" / "metrics.json").read_text().splitlines()]
     assert its == sorted(set(its))

@@ -205,7 +205,7 @@ def test_non_finite_loss_guard_keeps_last_checkpoint(tmp_path):
     assert "[20, 21, 22, 23]" in msg  # image ids of the batch of iteration 5 (4 images/batch)
     files = sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth"))
     assert files == ["model_0000001.pth", "model_0000003.pth"]
-    assert open(tmp_path / "last_checkpoint").read() == "model_0000003.pth"
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000003.pth"
     ckpt = torch.load(tmp_path / "model_0000003.pth", weights_only=True)
     assert ckpt["iteration"] == 3 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
@@ -220,11 +220,11 @@ def test_writers_console_metrics_json_tensorboard(tmp_path, caplog):
     trainer = DummyTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    rows = [json.loads(line) for line in open(tmp_path / "metrics.json")]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [2, 5]
     assert {"total_loss", "loss_cls", "loss_box_reg", "lr", "time", "data_time"} <= set(rows[-1])
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
-    log = open(tmp_path / "log.txt").read()
+    log = (tmp_path / "log.txt").read_text()
     for field in ("eta:", "iter: 6/6", "loss_cls:", "lr:", "images/s:", "max_mem:"):
         assert field in log, field
     logging.getLogger("retinakit").handlers.clear()

@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,7 +51,7 @@ def test_matches_pycocotools_on_written_json(fixture):
     for i in range(0, len(inputs), 4):
         ev.process(inputs[i : i + 4], outputs[i : i + 4])
     res = ev.evaluate()["bbox"]
-    written = json.load(open(d / "out" / "coco_instances_results.json"))
+    written = json.loads((d / "out" / "coco_instances_results.json").read_text())
     assert {r["category_id"] for r in written} <= set(CAT_IDS)  # original ids, not contiguous
     assert len(written) == len(dets)
     stats = _pycocotools(gt_file, written)
@@ -66,18 +67,18 @@ def test_matches_pycocotools_on_written_json(fixture):
 
 
 def test_distributed_gathering_gives_same_numbers(fixture, tmp_path):
-    gt_file, gt, dets, d = fixture
+    gt_file, _gt, _dets, _d = fixture
     single, double = str(tmp_path / "r1.json"), str(tmp_path / "r2.json")
     evaluate_in_process(gt_file, str(tmp_path / "o1"), single)
     launch(evaluate_in_process, 2, dist_url="auto", args=(gt_file, str(tmp_path / "o2"), double))
-    assert json.load(open(single)) == json.load(open(double))
-    a = sorted(json.load(open(tmp_path / "o1" / "coco_instances_results.json")), key=json.dumps)
-    b = sorted(json.load(open(tmp_path / "o2" / "coco_instances_results.json")), key=json.dumps)
+    assert json.loads(Path(single).read_text()) == json.loads(Path(double).read_text())
+    a = sorted(json.loads((tmp_path / "o1" / "coco_instances_results.json").read_text()), key=json.dumps)
+    b = sorted(json.loads((tmp_path / "o2" / "coco_instances_results.json").read_text()), key=json.dumps)
     assert a == b
 
 
 def test_no_detections_gives_zero(fixture):
-    gt_file, gt, dets, d = fixture
+    gt_file, gt, _dets, _d = fixture
     inputs, outputs = model_outputs(gt, [])
     ev = COCOEvaluator(json_file=gt_file)
     ev.process(inputs, outputs)
@@ -85,7 +86,7 @@ def test_no_detections_gives_zero(fixture):
 
 
 def test_inference_on_dataset_runs_model_in_eval_mode(fixture):
-    gt_file, gt, dets, d = fixture
+    gt_file, gt, dets, _d = fixture
     inputs, outputs = model_outputs(gt, dets)
     import torch
 

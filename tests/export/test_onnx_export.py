@@ -80,7 +80,7 @@ def test_heads_only_equals_head_outputs(random_setup, heads_onnx):
 
     _, model = random_setup
     images = random_images([(160, 160), (128, 96)], seed=3)
-    il = model.preprocessor([x for x in images])
+    il = model.preprocessor(list(images))
     with torch.no_grad():
         cls_ref, box_ref, _ = model.inference_outputs(il)
     padded = torch.zeros(2, 3, *il.tensor.shape[-2:])
@@ -146,5 +146,5 @@ def test_custom_postprocessor_is_refused_for_end_to_end_export():
     model = build_model(cfg).eval()
     model.postprocessor = MyPostProcessor(box_coder=model.box_coder)
     assert isinstance(model.postprocessor, nn.Module)
-    with pytest.raises(ValueError, match="MyPostProcessor.*mode='heads'"):
+    with pytest.raises(ValueError, match=r"MyPostProcessor.*mode='heads'"):
         EndToEndModule(model)

@@ -53,7 +53,7 @@ def test_predictor_bad_inputs(random_weights, heads_onnx, tmp_path):
     with pytest.raises(PredictorError, match="needs its config"):
         load_predictor(random_weights)
     r50 = QUICKSTART.replace("quickstart/retinanet_R18_shapes.yaml", "COCO-Detection/retinanet_R_50_FPN_1x.yaml")
-    with pytest.raises(PredictorError, match="do not fit|do not cover"):
+    with pytest.raises(PredictorError, match=r"do not fit|do not cover"):
         load_predictor(random_weights, config_file=r50)
     with pytest.raises(PredictorError, match="heads-only"):
         load_predictor(heads_onnx)
@@ -64,7 +64,7 @@ def test_predictor_bad_inputs(random_weights, heads_onnx, tmp_path):
     notimg = tmp_path / "x.png"
     notimg.write_text("hello")
     p = load_predictor(random_weights, config_file=QUICKSTART)
-    with pytest.raises(BadImageError, match="x.png"):
+    with pytest.raises(BadImageError, match=r"x\.png"):
         p([str(notimg)])
 
 

@@ -121,7 +121,7 @@ def test_calibration_inputs_use_inference_preprocessing(random_setup, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    with pytest.raises(CalibrationError, match="broken.jpg"):
+    with pytest.raises(CalibrationError, match=r"broken\.jpg"):
         calibration_arrays(cfg, str(bad), 8, 32)
     with pytest.raises(CalibrationError, match="does not exist"):
         calibration_arrays(cfg, str(tmp_path / "missing"), 8, 32)

@@ -112,7 +112,9 @@ def test_build_engine_calls_strongly_typed_api(monkeypatch, e2e_onnx, tmp_path):
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"old")
     profile = ShapeProfile(1, 2, 4, (64, 64), (160, 160), (320, 320))
-    plan = build_engine(e2e_onnx, str(tmp_path / "m.plan"), profile=profile, workspace_mib=256, timing_cache=str(cache), optimization_level=4)
+    plan = build_engine(
+        e2e_onnx, str(tmp_path / "m.plan"), profile=profile, workspace_mib=256, timing_cache=str(cache), optimization_level=4,
+    )
     c = trt.calls
     assert c["network_flags"] == 1 << 5
     assert c["pool"] == {"workspace": 256 << 20} and c["opt_level"] == 4

@@ -110,5 +110,6 @@ def test_multiclass_nms_matches_reference(nms_type, kind, k):
 def test_multiclass_nms_empty():
     z = ops.multiclass_nms(torch.zeros(2, 0, 4), torch.zeros(2, 0), torch.zeros(2, 0, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
     assert z[0].shape == (2, 100, 4) and z[3].tolist() == [0, 0] and (z[2] == -1).all()
+    classes, num_valid = torch.zeros(1, 0, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)
     with pytest.raises(ValueError, match="nms_type"):
-        ops.multiclass_nms(torch.zeros(1, 0, 4), torch.zeros(1, 0), torch.zeros(1, 0, dtype=torch.int64), torch.zeros(1, dtype=torch.int64), "fast")
+        ops.multiclass_nms(torch.zeros(1, 0, 4), torch.zeros(1, 0), classes, num_valid, "fast")

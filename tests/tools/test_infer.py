@@ -51,7 +51,10 @@ def test_infer_pth_and_onnx_give_the_same_detections(setup):
         a, b = json.load(f), json.load(g)
     assert len(a) == len(b) > 0
     assert {x["image_id"] for x in a} == {x["image_id"] for x in b}
-    key = lambda x: (x["image_id"], -x["score"])
+
+    def key(x):
+        return x["image_id"], -x["score"]
+
     for x, y in zip(sorted(a, key=key)[:50], sorted(b, key=key)[:50]):
         assert x["category_id"] == y["category_id"]
         assert torch.allclose(torch.tensor(x["bbox"]), torch.tensor(y["bbox"]), atol=0.2)

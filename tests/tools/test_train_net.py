@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,7 +61,7 @@ def _small_val(tmp_path, n=12):
 
     DatasetCatalog.get("shapes_val")  # generates the dataset on first use
     meta = MetadataCatalog.get("shapes_val")
-    data = json.load(open(meta.json_file))
+    data = json.loads(Path(meta.json_file).read_text())
     keep = {img["id"] for img in data["images"][:n]}
     data["images"] = [i for i in data["images"] if i["id"] in keep]
     data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
@@ -83,9 +84,9 @@ def test_train_eval_resume_watch_end_to_end(tmp_path):
     assert {"model_final.pth", "model_0000001.pth", "last_checkpoint", "metrics.json", "log.txt", "config.yaml"} <= files
     assert any(f.startswith("events.out.tfevents") for f in files)
     assert (out / "marker.txt").read_text().split() == ["0", "1", "2", "3"]
-    rows = [json.loads(x) for x in open(out / "metrics.json")]
+    rows = [json.loads(x) for x in (out / "metrics.json").read_text().splitlines()]
     assert any("total_loss" in r for r in rows) and any("bbox/AP" in r for r in rows)
-    results = json.load(open(out / "inference" / "cfg_test" / "coco_instances_results.json"))
+    results = json.loads((out / "inference" / "cfg_test" / "coco_instances_results.json").read_text())
     assert all({"image_id", "category_id", "bbox", "score"} <= set(d) for d in results)
     ckpt = torch.load(out / "model_final.pth", weights_only=True)
     assert ckpt["iteration"] == 3 and "rng" in ckpt and "optimizer" in ckpt and "scheduler" in ckpt
@@ -101,7 +102,7 @@ def test_train_eval_resume_watch_end_to_end(tmp_path):
     # --eval-only --watch evaluates every checkpoint, appends to metrics.json, keeps the best
     r = _run("--eval-only", "--watch", "--config-file", QUICKSTART, *tiny, "OUTPUT_DIR", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
-    watched = [json.loads(x) for x in open(out / "metrics.json") if "checkpoint" in x]
+    watched = [json.loads(x) for x in (out / "metrics.json").read_text().splitlines() if "checkpoint" in x]
     assert [w["checkpoint"] for w in watched] == ["model_0000001.pth", "model_final.pth"]
     assert all("bbox/AP" in w for w in watched)
     assert os.path.exists(out / "model_best.pth")

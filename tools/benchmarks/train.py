@@ -171,7 +171,8 @@ def main(args: argparse.Namespace) -> int:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             rates[name].append(args.iters * args.batch / (time.perf_counter() - t0))
-    dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
+    cpu = f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
+    dev = torch.cuda.get_device_name() if device.type == "cuda" else cpu
     print(
         f"training: R{cfg.MODEL.RESNETS.DEPTH}-FPN RetinaNet, {cfg.MODEL.RETINANET.NUM_CLASSES} classes, batch {args.batch}, "
         f"shortest side {args.size} (max {cfg.INPUT.MAX_SIZE_TRAIN}), AMP {'on' if args.amp else 'off'}, {args.dataset}; "

@@ -42,8 +42,8 @@ class AnchorCoverageReport:
 
     def rows(self) -> list[tuple[str, int, float, float]]:
         """``(bucket, boxes, coverage, mean best IoU)``: all, COCO small/medium/large, finer bins."""
-        buckets = [("all", 0.0, math.inf)] + list(COCO_BUCKETS)
-        buckets += [(f"[{lo:g}, {hi:g})" if hi != math.inf else f">= {lo:g}", lo, hi) for lo, hi in zip(FINE_EDGES[:-1], FINE_EDGES[1:])]  # noqa: RUF007 - Python 3.9
+        buckets = [("all", 0.0, math.inf), *COCO_BUCKETS]
+        buckets += [(f"[{lo:g}, {hi:g})" if hi != math.inf else f">= {lo:g}", lo, hi) for lo, hi in zip(FINE_EDGES[:-1], FINE_EDGES[1:])]
         out = []
         for name, lo, hi in buckets:
             m = (self.box_size >= lo) & (self.box_size < hi)

@@ -119,7 +119,7 @@ def suggest_anchors(
         e = [math.exp(t) for t in v]
         sizes = [e[i * n_s:(i + 1) * n_s] for i in range(n_lvl)]
         k = n_lvl * n_s
-        return sizes, [1.0] + e[k:k + n_o - 1], [e[k + n_o - 1:]]
+        return sizes, [1.0, *e[k:k + n_o - 1]], [e[k + n_o - 1:]]
 
     def allowed(v: list[float]) -> bool:
         """Sizes grow with the level (coarser levels keep the larger objects); ratios in [1/10, 10]."""

@@ -7,8 +7,8 @@ from .resnet import ResNet, build_resnet_backbone
 
 __all__ = [
     "BACKBONE_REGISTRY",
-    "Backbone",
     "FPN",
+    "Backbone",
     "FrozenBatchNorm2d",
     "LastLevelP6P7",
     "ResNet",

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -14,8 +13,8 @@ __all__ = ["Backbone", "ShapeSpec"]
 class ShapeSpec:
     """Channels and stride (relative to the input image) of a feature map."""
 
-    channels: Optional[int] = None
-    stride: Optional[int] = None
+    channels: int | None = None
+    stride: int | None = None
 
 
 class Backbone(nn.Module):
@@ -26,10 +25,10 @@ class Backbone(nn.Module):
     """
 
     _out_features: list
-    _out_feature_channels: Dict[str, int]
-    _out_feature_strides: Dict[str, int]
+    _out_feature_channels: dict[str, int]
+    _out_feature_strides: dict[str, int]
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:  # pragma: no cover - abstract
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     @property
@@ -37,7 +36,7 @@ class Backbone(nn.Module):
         """Input height/width must be a multiple of this (0: no constraint)."""
         return 0
 
-    def output_shape(self) -> Dict[str, ShapeSpec]:
+    def output_shape(self) -> dict[str, ShapeSpec]:
         return {
             name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
             for name in self._out_features

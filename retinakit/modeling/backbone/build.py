@@ -1,8 +1,6 @@
 """``BACKBONE_REGISTRY`` and ``build_backbone``."""
 from __future__ import annotations
 
-from typing import Optional
-
 from ...utils.registry import Registry
 from .backbone import Backbone, ShapeSpec
 
@@ -16,7 +14,7 @@ BACKBONE_REGISTRY = Registry(
 )
 
 
-def build_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> Backbone:
+def build_backbone(cfg, input_shape: ShapeSpec | None = None) -> Backbone:
     """Build ``cfg.MODEL.BACKBONE.NAME`` from the registry."""
     if input_shape is None:
         input_shape = ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))

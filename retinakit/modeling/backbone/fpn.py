@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -13,10 +13,10 @@ from .backbone import Backbone, ShapeSpec
 from .build import BACKBONE_REGISTRY
 from .norm import get_norm
 
-__all__ = ["FPN", "LastLevelP6P7", "ConvNorm", "build_retinanet_resnet_fpn_backbone", "build_retinanet_fpn_backbone"]
+__all__ = ["FPN", "ConvNorm", "LastLevelP6P7", "build_retinanet_fpn_backbone", "build_retinanet_resnet_fpn_backbone"]
 
 
-def _known(value: Optional[int], what: str) -> int:
+def _known(value: int | None, what: str) -> int:
     if value is None:
         raise ValueError(f"The bottom-up network does not declare the {what} of its features (ShapeSpec).")
     return int(value)
@@ -54,7 +54,7 @@ class LastLevelP6P7(nn.Module):
         for conv in (self.p6, self.p7):
             _uniform_init(conv)
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         p6 = self.p6(x)
         return [p6, self.p7(F.relu(p6))]
 
@@ -97,7 +97,7 @@ class FPN(Backbone):
         strides += [strides[-1] * 2, strides[-1] * 4]
         self._out_features = [f"p{int(math.log2(s))}" for s in strides]
         self._out_feature_strides = dict(zip(self._out_features, strides))
-        self._out_feature_channels = {f: out_channels for f in self._out_features}
+        self._out_feature_channels = dict.fromkeys(self._out_features, out_channels)
         self._size_divisibility = strides[len(in_features) - 1]
 
     @classmethod
@@ -115,7 +115,7 @@ class FPN(Backbone):
     def size_divisibility(self) -> int:
         return self._size_divisibility
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``x [N, C, H, W]`` -> ``{"p3": [N, C_out, H/8, W/8], ..., "p7": [N, C_out, H/128, W/128]}``."""
         bottom = self.bottom_up(x)
         feats = [bottom[f] for f in self.in_features]
@@ -134,7 +134,7 @@ class FPN(Backbone):
 
 
 @BACKBONE_REGISTRY.register()
-def build_retinanet_fpn_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> FPN:
+def build_retinanet_fpn_backbone(cfg, input_shape: ShapeSpec | None = None) -> FPN:
     """FPN (P3-P7) over the bottom-up backbone named by ``MODEL.FPN.BOTTOM_UP``."""
     name = cfg.MODEL.FPN.BOTTOM_UP
     if name in ("build_retinanet_fpn_backbone", "build_retinanet_resnet_fpn_backbone"):
@@ -144,7 +144,7 @@ def build_retinanet_fpn_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -
 
 
 @BACKBONE_REGISTRY.register()
-def build_retinanet_resnet_fpn_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> FPN:
+def build_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec | None = None) -> FPN:
     """ResNet (``MODEL.RESNETS.*``) + FPN (``MODEL.FPN.*``) with P6/P7."""
     from .resnet import ResNet
 

@@ -1,12 +1,10 @@
 """Normalisation layers selected by name: "", "FrozenBN", "BN", "SyncBN", "GN"."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
-__all__ = ["FrozenBatchNorm2d", "get_norm", "freeze_batchnorm"]
+__all__ = ["FrozenBatchNorm2d", "freeze_batchnorm", "get_norm"]
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -44,7 +42,7 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.num_features}, eps={self.eps}"
 
     @classmethod
-    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm) -> "FrozenBatchNorm2d":
+    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm) -> FrozenBatchNorm2d:
         frozen = cls(bn.num_features, bn.eps)
         if bn.affine:
             frozen.weight.copy_(bn.weight.detach())
@@ -66,7 +64,7 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def get_norm(norm: str, channels: int) -> Optional[nn.Module]:
+def get_norm(norm: str, channels: int) -> nn.Module | None:
     """A norm layer for ``channels`` channels, or None for ``""``."""
     if not norm:
         return None

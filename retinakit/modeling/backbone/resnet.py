@@ -7,7 +7,8 @@ Features are named ``res2`` .. ``res5`` (strides 4, 8, 16, 32).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ from .backbone import Backbone, ShapeSpec
 from .build import BACKBONE_REGISTRY
 from .norm import freeze_batchnorm, get_norm
 
-__all__ = ["ResNet", "BasicBlock", "Bottleneck", "build_resnet_backbone", "RESNET_SPECS"]
+__all__ = ["RESNET_SPECS", "BasicBlock", "Bottleneck", "ResNet", "build_resnet_backbone"]
 
 # depth -> (block type, blocks per stage)
 RESNET_SPECS = {
@@ -34,7 +35,7 @@ def _norm(norm: str, channels: int) -> nn.Module:
     return layer if layer is not None else nn.Identity()
 
 
-def _downsample(in_ch: int, out_ch: int, stride: int, norm: str) -> Optional[nn.Module]:
+def _downsample(in_ch: int, out_ch: int, stride: int, norm: str) -> nn.Module | None:
     if stride == 1 and in_ch == out_ch:
         return None
     return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), _norm(norm, out_ch))
@@ -120,14 +121,14 @@ class ResNet(Backbone):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self._out_features = list(out_features)
-        self._out_feature_channels: Dict[str, int] = {}
-        self._out_feature_strides: Dict[str, int] = {}
+        self._out_feature_channels: dict[str, int] = {}
+        self._out_feature_strides: dict[str, int] = {}
         in_ch = 64
-        block_kwargs: Dict[str, Any] = dict(groups=num_groups, width_per_group=width_per_group, stride_in_1x1=stride_in_1x1)
+        block_kwargs: dict[str, Any] = dict(groups=num_groups, width_per_group=width_per_group, stride_in_1x1=stride_in_1x1)
         self._num_stages = 1 + max(names.index(f) for f in out_features)
         for i, n in enumerate(blocks[: self._num_stages]):
             planes, stride = 64 * 2**i, 1 if i == 0 else 2
-            layers: List[nn.Module] = []
+            layers: list[nn.Module] = []
             for j in range(n):
                 layers.append(block(in_ch, planes, stride if j == 0 else 1, norm, **block_kwargs))
                 in_ch = planes * block.expansion
@@ -138,7 +139,7 @@ class ResNet(Backbone):
         self.freeze(freeze_at)
 
     @classmethod
-    def from_config(cls, cfg, input_shape: Optional[ShapeSpec] = None) -> dict:
+    def from_config(cls, cfg, input_shape: ShapeSpec | None = None) -> dict:
         r = cfg.MODEL.RESNETS
         return dict(
             depth=r.DEPTH,
@@ -159,12 +160,12 @@ class ResNet(Backbone):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def stages(self) -> List[nn.Module]:
+    def stages(self) -> list[nn.Module]:
         """``[stem, layer1, ...]``: the units that ``freeze_at`` counts."""
         stem = nn.ModuleList([self.conv1, self.bn1])
         return [stem] + [getattr(self, f"layer{i + 1}") for i in range(self._num_stages)]
 
-    def freeze(self, freeze_at: int) -> "ResNet":
+    def freeze(self, freeze_at: int) -> ResNet:
         """Freeze the stem (``freeze_at >= 1``) and the first ``freeze_at - 1`` stages.
 
         Frozen parameters stop requiring gradients and their BatchNorms become frozen.
@@ -180,7 +181,7 @@ class ResNet(Backbone):
                 freeze_batchnorm(stage)
         return self
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``x [N, C, H, W]`` -> ``{name: [N, C_f, H/s_f, W/s_f]}`` for ``out_features``."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         out = {}
@@ -193,6 +194,6 @@ class ResNet(Backbone):
 
 
 @BACKBONE_REGISTRY.register()
-def build_resnet_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> ResNet:
+def build_resnet_backbone(cfg, input_shape: ShapeSpec | None = None) -> ResNet:
     """The ResNet bottom-up network alone, from ``MODEL.RESNETS.*``."""
     return ResNet(cfg, input_shape)

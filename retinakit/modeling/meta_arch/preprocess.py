@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,7 @@ class ImagePreprocessor(nn.Module):
             )
         return (image.float() - self.pixel_mean) / self.pixel_std
 
-    def _target_size(self, training: bool) -> Tuple[float, float]:
+    def _target_size(self, training: bool) -> tuple[float, float]:
         if training:
             idx = int(torch.randint(len(self.min_size_train), (1,)).item())
             return float(self.min_size_train[idx]), float(self.max_size_train)
@@ -74,7 +74,7 @@ class ImagePreprocessor(nn.Module):
             image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
         )[0]
 
-    def forward(self, images: List[torch.Tensor], training: bool = False) -> ImageList:
+    def forward(self, images: list[torch.Tensor], training: bool = False) -> ImageList:
         """List of ``[C, H_i, W_i]`` -> ``ImageList`` of normalised (resized), padded images."""
         out = [self.normalize(x) for x in images]
         if self.resize:

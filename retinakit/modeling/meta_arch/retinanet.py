@@ -1,7 +1,7 @@
 """The RetinaNet meta-architecture: backbone + anchors + head + losses + post-processing."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -50,7 +50,7 @@ class RetinaNet(nn.Module):
 
     # Keys whose shape depends on the number of classes: skipped (with a warning) when
     # fine-tuning from a checkpoint trained with another class count.
-    class_specific_keys: Tuple[str, ...] = ("head.cls_score.",)
+    class_specific_keys: tuple[str, ...] = ("head.cls_score.",)
 
     @configurable
     def __init__(
@@ -135,7 +135,7 @@ class RetinaNet(nn.Module):
         return self.preprocessor.pixel_mean.device
 
     # ------------------------------------------------------------------ forward
-    def forward(self, batched_inputs: List[Dict]):
+    def forward(self, batched_inputs: list[dict]):
         images = self.preprocess_image(batched_inputs)
         cls_logits, box_deltas, anchors = self.inference_outputs(images)
         if self.training:
@@ -147,14 +147,14 @@ class RetinaNet(nn.Module):
             for r, x in zip(results, batched_inputs)
         ]
 
-    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+    def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
         """Normalise (and resize, when configured) and pad the input images."""
         if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
             raise TypeError("RetinaNet expects a non-empty list of dicts with an 'image' tensor each.")
         images = [x["image"].to(self.device, non_blocking=True) for x in batched_inputs]
         return self.preprocessor(images, self.training)
 
-    def _ground_truth(self, item: Dict, size: Tuple[int, int]) -> Instances:
+    def _ground_truth(self, item: dict, size: tuple[int, int]) -> Instances:
         if "instances" not in item:
             raise KeyError("RetinaNet in training mode needs 'instances' (gt_boxes, gt_classes) in every input dict.")
         inst: Instances = item["instances"].to(self.device)
@@ -178,7 +178,7 @@ class RetinaNet(nn.Module):
 
     # ------------------------------------------------------------------ training
     @torch.no_grad()
-    def label_anchors(self, anchors: torch.Tensor, gt_instances: List[Instances]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def label_anchors(self, anchors: torch.Tensor, gt_instances: list[Instances]) -> tuple[torch.Tensor, torch.Tensor]:
         """``anchors [R, 4]`` -> ``labels [N, R]`` (class, ``K`` = background, -1 = ignore), ``boxes [N, R, 4]``."""
         labels, matched = [], []
         for inst in gt_instances:
@@ -203,11 +203,11 @@ class RetinaNet(nn.Module):
 
     def losses(
         self,
-        anchors: List[torch.Tensor],
-        cls_logits: List[torch.Tensor],
-        box_deltas: List[torch.Tensor],
-        gt_instances: List[Instances],
-    ) -> Dict[str, torch.Tensor]:
+        anchors: list[torch.Tensor],
+        cls_logits: list[torch.Tensor],
+        box_deltas: list[torch.Tensor],
+        gt_instances: list[Instances],
+    ) -> dict[str, torch.Tensor]:
         """Focal classification loss and box regression loss, normalised by foreground anchors."""
         all_anchors = torch.cat(anchors)
         labels, gt_boxes = self.label_anchors(all_anchors, gt_instances)
@@ -224,7 +224,7 @@ class RetinaNet(nn.Module):
         loss_box = self.reg_loss(deltas[pos], anchors_n[pos], gt_boxes[pos], self.box_coder)
         return {"loss_cls": loss_cls / self.loss_normalizer, "loss_box_reg": loss_box / self.loss_normalizer}
 
-    def inference_outputs(self, images: ImageList) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]:
+    def inference_outputs(self, images: ImageList) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """Raw per-level head outputs and anchors for a preprocessed batch (training, inference, export)."""
         features = self.backbone(images.tensor)
         features = [features[f] for f in self.head_in_features]
