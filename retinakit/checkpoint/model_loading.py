@@ -11,15 +11,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any
 
 import torch
 from torch import nn
 
 from .converters import check_config, convert, detect_source
 
-__all__ = ["CheckpointMismatchError", "LoadReport", "load_model_weights", "extract_state_dict"]
+__all__ = ["CheckpointMismatchError", "LoadReport", "extract_state_dict", "load_model_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,21 +31,21 @@ class CheckpointMismatchError(ValueError):
 
 @dataclass
 class LoadReport:
-    loaded: List[str] = field(default_factory=list)
-    missing: List[str] = field(default_factory=list)
-    skipped_class_specific: List[Tuple[str, tuple, tuple]] = field(default_factory=list)
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    skipped_class_specific: list[tuple[str, tuple, tuple]] = field(default_factory=list)
     converted_from: str = ""
 
 
-def _group(keys: List[str], depth: int = 2) -> str:
-    groups: Dict[str, int] = {}
+def _group(keys: list[str], depth: int = 2) -> str:
+    groups: dict[str, int] = {}
     for k in keys:
         g = ".".join(k.split(".")[:depth])
         groups[g] = groups.get(g, 0) + 1
     return ", ".join(f"{g}.* ({n})" for g, n in sorted(groups.items()))
 
 
-def extract_state_dict(checkpoint: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+def extract_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """The model state dict inside a checkpoint (``model`` / ``state_dict`` entry or the dict itself)."""
     for key in ("model", "state_dict", "model_state_dict"):
         if key in checkpoint and isinstance(checkpoint[key], Mapping):
@@ -99,9 +100,9 @@ def load_model_weights(
             logger.info("Converted %s weights from %s (%s).", origin, source, info.get("kind", ""))
     _check_requirements(info, cfg, source)
     class_prefixes = tuple(getattr(target, "class_specific_keys", ()))
-    usable: Dict[str, torch.Tensor] = {}
-    bad_shapes: List[Tuple[str, tuple, tuple]] = []
-    unexpected: List[str] = []
+    usable: dict[str, torch.Tensor] = {}
+    bad_shapes: list[tuple[str, tuple, tuple]] = []
+    unexpected: list[str] = []
     for key, value in sd.items():
         if key not in model_sd:
             unexpected.append(key)

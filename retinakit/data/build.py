@@ -183,7 +183,9 @@ class _MapStream(IterableDataset):
     A skipped image (mapper returned None) is replaced by another image of its batch.
     """
 
-    def __init__(self, dataset: Any, mapper: Callable, sampler: Any, batch_size: int, group: bool, seed: int, rank: int, start_iter: int = 0) -> None:
+    def __init__(
+        self, dataset: Any, mapper: Callable, sampler: Any, batch_size: int, group: bool, seed: int, rank: int, start_iter: int = 0,
+    ) -> None:
         self.dataset, self.mapper, self.sampler = dataset, mapper, sampler
         self.batch_size, self.group, self.seed, self.rank, self.start_iter = batch_size, group, seed, rank, start_iter
         self.portrait = np.array(portrait_flags([dataset[i] for i in range(len(dataset))]), dtype=bool)

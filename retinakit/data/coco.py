@@ -114,7 +114,9 @@ def _images(data: dict[str, Any], image_root: str, json_file: str, bad_image: Pr
     return _image_sizes(records, check_files, bad_image, json_file)
 
 
-def _annotation(ann: Any, json_file: str, images: dict[Any, dict], id_map: dict[int, int], declared: set, seen: set) -> tuple[dict | None, str, str]:
+def _annotation(
+    ann: Any, json_file: str, images: dict[Any, dict], id_map: dict[int, int], declared: set, seen: set,
+) -> tuple[dict | None, str, str]:
     """One annotation -> (record, "", "") or (None, kind, message)."""
     err = check_annotation_ids(ann)
     if err:

@@ -151,7 +151,7 @@ class DetectionTransform:
         )
 
 
-ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image, torch.Tensor]  # noqa: UP007 - runtime alias, Python 3.9
+ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image, torch.Tensor]  # a runtime alias: Union, not X | Y (Python 3.9)
 
 
 class InferencePreprocessor:

@@ -70,7 +70,9 @@ class OnnxRuntimeBackend:
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise PredictorError("device 'cuda' asked for, but this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu).")
+                raise PredictorError(
+                    "device 'cuda' asked for, but this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)."
+                )
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(path, opts, providers=providers)
         self.divisibility = divisibility

@@ -3,6 +3,7 @@ import itertools
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,7 +58,8 @@ def _write_dataset(root):
         anns.append({"id": 2 * i + 1, "image_id": i + 1, "category_id": 1, "bbox": [1.5, 2.0, w / 3, h / 4]})
         anns.append({"id": 2 * i + 2, "image_id": i + 1, "category_id": 2, "bbox": [w / 2, h / 2, w / 2 - 1, h / 3], "iscrowd": 1})
     js = os.path.join(root, "ann.json")
-    json.dump({"images": images, "annotations": anns, "categories": [{"id": 1}, {"id": 2}]}, open(js, "w"))
+    with open(js, "w") as f:
+        json.dump({"images": images, "annotations": anns, "categories": [{"id": 1}, {"id": 2}]}, f)
     return js
 
 
@@ -185,9 +187,9 @@ def test_bad_files_named(parity_cfg, tmp_path):
 
     parity_cfg.INPUT.MIN_SIZE_TEST = 0
     dataset = get_detection_dataset_dicts("cfg_train")[:3]
-    data = open(dataset[1]["file_name"], "rb").read()
+    data = Path(dataset[1]["file_name"]).read_bytes()
     broken = str(tmp_path / "broken.png")
-    open(broken, "wb").write(data[: len(data) // 2])
+    Path(broken).write_bytes(data[: len(data) // 2])
     for name, expected in [(broken, "truncated or corrupt"), (str(tmp_path / "gone.png"), "does not exist")]:
         bad = [dataset[0], dict(dataset[1], file_name=name), dataset[2]]
         with pytest.raises(BadImageError, match=expected) as e:

@@ -28,7 +28,10 @@ _FPN_RULES = [
     (re.compile(r"^backbone\.fpn\.layer_blocks\.(\d+)\.(?:0\.)?(weight|bias)$"), r"backbone.output_convs.\1.conv.\2"),
     (re.compile(r"^backbone\.fpn\.extra_blocks\.(p6|p7)\.(weight|bias)$"), r"backbone.top_block.\1.\2"),
 ]
-_HEAD_NAMES = {"classification_head": ("cls_subnet", "cls_score", "cls_logits"), "regression_head": ("bbox_subnet", "bbox_pred", "bbox_reg")}
+_HEAD_NAMES = {
+    "classification_head": ("cls_subnet", "cls_score", "cls_logits"),
+    "regression_head": ("bbox_subnet", "bbox_pred", "bbox_reg"),
+}
 _HEAD_CONV = re.compile(r"^head\.(classification_head|regression_head)\.conv\.(\d+)\.(?:(\d+)\.)?(weight|bias)$")
 _HEAD_OUT = re.compile(r"^head\.(classification_head|regression_head)\.(cls_logits|bbox_reg)\.(weight|bias)$")
 

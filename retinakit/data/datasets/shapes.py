@@ -78,7 +78,8 @@ def _coco_json(spec: ShapesSpec, per_image: list[list]) -> dict[str, Any]:
                 {"id": len(annotations) + 1, "image_id": i + 1, "category_id": cls + 1, "bbox": [x0, y0, w, h], "area": w * h, "iscrowd": 0}
             )
     categories = [{"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(CLASSES)]
-    return {"info": {"description": f"retinakit shapes {asdict(spec)}"}, "images": images, "annotations": annotations, "categories": categories}
+    info = {"description": f"retinakit shapes {asdict(spec)}"}
+    return {"info": info, "images": images, "annotations": annotations, "categories": categories}
 
 
 def _write(spec: ShapesSpec, out_dir: str) -> None:
