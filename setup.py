@@ -61,7 +61,7 @@ def get_extensions():
 EXTRAS = {
     # dev: the test tools plus the optional packages whose code paths the tests cover
     # (TensorBoard writer, safetensors checkpoints, faster-coco-eval).
-    "dev": ["pytest>=7", "hypothesis", "ruff", "mypy", "pytest-timeout", "tensorboard", "safetensors", "faster-coco-eval"],
+    "dev": ["pytest>=7", "hypothesis", "ruff>=0.17,<0.18", "mypy>=2.4,<2.5", "pytest-timeout", "tensorboard", "safetensors", "faster-coco-eval"],
     # NVIDIA Model Optimizer (FP16 autocast, INT8 Q/DQ PTQ) with its ONNX helpers listed by hand:
     # nvidia-modelopt[onnx] would pin onnx~=1.21 / onnxruntime-gpu~=1.24 / cupy (docs/deployment.md).
     "deploy": [
