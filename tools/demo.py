@@ -109,8 +109,8 @@ def _as_hwc(image: Any) -> Any:
 
 def _share_cores(cfg: Any) -> None:
     """One core per data-loader worker, the rest for the model's threads (unless the user set
-    OMP_NUM_THREADS). On small CPUs, more compute threads than free cores makes OpenMP spin and
-    wait: on 2 cores with 1 worker, 1 compute thread trains several times faster than 2."""
+    OMP_NUM_THREADS). More compute threads than free cores makes OpenMP spin and wait; the
+    quickstart uses no worker, so every core computes (docs/benchmarks.md)."""
     import torch
 
     if "OMP_NUM_THREADS" not in os.environ:

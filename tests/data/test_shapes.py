@@ -57,7 +57,7 @@ def test_register_and_load(tmp_path):
 
 
 def test_default_specs_fit_the_quickstart():
-    assert 128 <= SPECS["shapes_train"].image_size <= 256 and 100 <= SPECS["shapes_train"].num_images <= 1000
+    assert 128 <= SPECS["shapes_train"].image_size <= 256 and 100 <= SPECS["shapes_train"].num_images <= 2000
     assert SPECS["shapes_small_train"].max_object_frac * SPECS["shapes_small_train"].image_size <= 32
 
 

@@ -8,7 +8,7 @@ The same parameters and seed always give byte-identical files.
 
 Registered names (nothing is generated until a dataset is requested):
 
-* ``shapes_train`` (400 images) / ``shapes_val`` (100): 160x160 px, 1-6 objects of 8-64 px.
+* ``shapes_train`` (2000 images) / ``shapes_val`` (100): 160x160 px, 1-6 objects of 8-64 px.
 * ``shapes_small_train`` (400) / ``shapes_small_val`` (100): 256x256 px, 1-10 objects of
   4-24 px (small objects: anchor tuning matters).
 """
@@ -55,7 +55,7 @@ class ShapesSpec:
 
 
 SPECS: dict[str, ShapesSpec] = {
-    "shapes_train": ShapesSpec(num_images=400, seed=0),
+    "shapes_train": ShapesSpec(num_images=2000, seed=0),
     "shapes_val": ShapesSpec(num_images=100, seed=1),
     "shapes_small_train": ShapesSpec(num_images=400, image_size=256, min_object=4.0, max_object_frac=24 / 256, max_objects=10, seed=2),
     "shapes_small_val": ShapesSpec(num_images=100, image_size=256, min_object=4.0, max_object_frac=24 / 256, max_objects=10, seed=3),
