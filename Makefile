@@ -9,7 +9,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_PINS := torch==2.14.0 torchvision==0.29.0
-# `make test` installs the extras whose tests run here; `make demo` needs only the runtime deps.
+# `make test` installs the extras whose tests run here; `make demo` only the runtime deps and
+# TensorBoard (no ONNX/Model Optimizer/DALI/test tools: a shorter set-up).
 EXTRAS := dev,deploy,dali,video
 BASE_STAMP := $(VENV)/.retinakit-base
 DEPS_STAMP := $(VENV)/.retinakit-deps
@@ -36,7 +37,8 @@ $(BASE_STAMP): setup.py Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo ">> installing pinned $(TORCH_PINS) and retinakit's runtime dependencies into $(VENV)"
 	$(PIP) install -q --upgrade pip "setuptools>=64" wheel ninja
-	RETINAKIT_NO_EXT=1 $(PIP) install -q $(TORCH_PINS) -e . --no-build-isolation
+	$(PIP) install -q $(TORCH_PINS)  # first: setup.py imports torch (--no-build-isolation)
+	RETINAKIT_NO_EXT=1 $(PIP) install -q $(TORCH_PINS) -e ".[tensorboard]" --no-build-isolation
 	@$(PY) -c "import torch, torchvision; assert torch.__version__.startswith('2.14.0'), torch.__version__; print('>> torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	@touch $@
 

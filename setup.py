@@ -71,6 +71,7 @@ EXTRAS = {
     ],
     "dali": ["nvidia-dali-cuda130"],
     "video": ["av"],  # PyAV: video files as input of tools/infer.py
+    "tensorboard": ["tensorboard"],  # TensorBoard event files from the trainer (make demo installs it)
     "tensorrt": ["tensorrt>=10,<12", "cuda-python>=12.6"],
 }
 
