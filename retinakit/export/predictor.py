@@ -7,6 +7,7 @@ preprocessing (resize), padded bottom/right to the backbone's size divisibility.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -32,12 +33,20 @@ class PredictorError(ValueError):
 
 
 class TorchBackend:
-    """Runs the PyTorch model (``eval``) on already-resized uint8 images."""
+    """Runs the PyTorch model (``eval``) on already-resized uint8 images.
+
+    It runs a copy of ``model`` with its ``FrozenBatchNorm2d`` layers folded into the
+    convolutions (:func:`retinakit.modeling.fuse_frozen_batchnorm`); the caller's model is
+    left untouched.
+    """
 
     name, precision = "pytorch", "fp32"
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model.eval()
+        from ..modeling import fuse_frozen_batchnorm
+
+        self.model = copy.deepcopy(model).eval()
+        fuse_frozen_batchnorm(self.model)
 
     @torch.inference_mode()
     def run(self, tensors: list[torch.Tensor]) -> list[Detections]:

@@ -14,6 +14,7 @@ inter-quartile range. Ratios are torchvision's median / variant's median (> 1: f
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -79,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
         model_metadata,
         quantize_int8,
     )
-    from retinakit.modeling import build_model
+    from retinakit.modeling import build_model, fuse_frozen_batchnorm
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -98,6 +99,10 @@ def main(args: argparse.Namespace) -> int:
         rk_cl = rk.to(memory_format=torch.channels_last)
         results["retinakit eager channels_last"] = _time(lambda: rk_cl([{"image": img}]), args.warmup, args.repeats)
         rk = rk.to(memory_format=torch.contiguous_format)
+        # What DefaultPredictor / load_predictor(.pth) run: FrozenBN folded into the convolutions.
+        rk_fused = copy.deepcopy(rk)
+        fuse_frozen_batchnorm(rk_fused)
+        results["retinakit eager, FrozenBN folded"] = _time(lambda: rk_fused([{"image": img}]), args.warmup, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = os.path.join(tmp, "model.onnx")
         export_onnx(rk, fp32, example_size=(1, h, w), metadata=model_metadata(cfg, rk))

@@ -45,6 +45,8 @@ class BasicBlock(nn.Module):
     """Two 3x3 convs with a residual connection (ResNet-18/34)."""
 
     expansion = 1
+    # forward applies bnK directly to convK's output (see modeling/fuse.py)
+    conv_norm_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
 
     def __init__(self, in_ch: int, planes: int, stride: int, norm: str, **_: object) -> None:
         super().__init__()
@@ -66,6 +68,8 @@ class Bottleneck(nn.Module):
     """1x1 -> 3x3 (grouped) -> 1x1 convs with a residual connection (ResNet-50+)."""
 
     expansion = 4
+    # forward applies bnK directly to convK's output (see modeling/fuse.py)
+    conv_norm_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
     def __init__(
         self, in_ch: int, planes: int, stride: int, norm: str, groups: int = 1, width_per_group: int = 64,
@@ -93,6 +97,8 @@ class Bottleneck(nn.Module):
 
 class ResNet(Backbone):
     """ResNet bottom-up network returning ``{"res2".."res5": Tensor[N, C, H/s, W/s]}``."""
+
+    conv_norm_pairs = (("conv1", "bn1"),)  # the stem: bn1(conv1(x)) (see modeling/fuse.py)
 
     @configurable
     def __init__(
