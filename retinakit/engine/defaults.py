@@ -387,14 +387,14 @@ class DefaultPredictor:
 
     def __init__(self, cfg: Any) -> None:
         from ..data import build_inference_preprocess
-        from ..modeling import build_model, fuse_frozen_batchnorm
+        from ..modeling import build_model, prepare_for_inference
 
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg)
         self.model.eval()
         if cfg.MODEL.WEIGHTS:
             Checkpointer(self.model, save_to_disk=False).load(cfg.MODEL.WEIGHTS, checkpointables=[])
-        fuse_frozen_batchnorm(self.model)  # after loading: the predictor's own copy, never saved
+        prepare_for_inference(self.model)  # after loading: fold FrozenBN, channels_last (own copy, never saved)
         self.preprocess = build_inference_preprocess(self.cfg)
 
     @torch.inference_mode()

@@ -35,18 +35,17 @@ class PredictorError(ValueError):
 class TorchBackend:
     """Runs the PyTorch model (``eval``) on already-resized uint8 images.
 
-    It runs a copy of ``model`` with its ``FrozenBatchNorm2d`` layers folded into the
-    convolutions (:func:`retinakit.modeling.fuse_frozen_batchnorm`); the caller's model is
-    left untouched.
+    It runs a copy of ``model`` prepared by :func:`retinakit.modeling.prepare_for_inference`
+    (``FrozenBatchNorm2d`` folded into the convolutions, weights ``channels_last``); the
+    caller's model is left untouched.
     """
 
     name, precision = "pytorch", "fp32"
 
     def __init__(self, model: torch.nn.Module) -> None:
-        from ..modeling import fuse_frozen_batchnorm
+        from ..modeling import prepare_for_inference
 
-        self.model = copy.deepcopy(model).eval()
-        fuse_frozen_batchnorm(self.model)
+        self.model = prepare_for_inference(copy.deepcopy(model))
 
     @torch.inference_mode()
     def run(self, tensors: list[torch.Tensor]) -> list[Detections]:

@@ -5,7 +5,7 @@
 from .anchor_generator import ANCHOR_GENERATOR_REGISTRY, DefaultAnchorGenerator, build_anchor_generator
 from .backbone import BACKBONE_REGISTRY, FPN, Backbone, ResNet, ShapeSpec, build_backbone
 from .box_coder import BOX_CODER_REGISTRY, DeltaXYWHBoxCoder, LegacyDeltaXYWHBoxCoder, build_box_coder
-from .fuse import fuse_frozen_batchnorm
+from .fuse import fuse_frozen_batchnorm, prepare_for_inference
 from .heads import HEAD_REGISTRY, RetinaNetHead, build_head
 from .losses import LOSS_REGISTRY, build_loss
 from .matcher import MATCHER_REGISTRY, IoUMatcher, build_matcher
@@ -39,4 +39,5 @@ __all__ = [
     "build_matcher",
     "build_model",
     "fuse_frozen_batchnorm",
+    "prepare_for_inference",
 ]

@@ -27,7 +27,7 @@ from torch import nn
 
 from .backbone.norm import FrozenBatchNorm2d
 
-__all__ = ["fuse_frozen_batchnorm"]
+__all__ = ["fuse_frozen_batchnorm", "prepare_for_inference"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,3 +75,18 @@ def fuse_frozen_batchnorm(model: nn.Module) -> int:
     left = sum(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
     logger.debug(f"Folded {folded} FrozenBatchNorm2d layers into convolutions ({left} left unfolded)")
     return folded
+
+
+def prepare_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Module:
+    """``eval()``, fold frozen batch norms, and (default) store weights ``channels_last``, in place.
+
+    What the predictors run. ``channels_last`` lets oneDNN/cuDNN pick their NHWC kernels
+    (R50-FPN at 800x1216 on a 2-core CPU: 1.01x -> 1.18x torchvision with the fold,
+    docs/benchmarks.md); outputs agree with the plain model up to float rounding. Returns
+    ``model``, which is for inference only afterwards.
+    """
+    model.eval()
+    fuse_frozen_batchnorm(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model

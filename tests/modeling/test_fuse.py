@@ -110,3 +110,24 @@ def test_torch_backend_folds_a_copy():
     backend = TorchBackend(model)
     assert before > 0 and _count_frozen(model) == before  # the caller's model is untouched
     assert _count_frozen(backend.model) == 0
+
+
+def test_prepare_for_inference_channels_last_same_detections():
+    from retinakit.modeling import prepare_for_inference
+
+    cfg = get_cfg()
+    cfg.merge_from_list(["MODEL.RESNETS.DEPTH", 18, "MODEL.RETINANET.NUM_CLASSES", 3, "MODEL.DEVICE", "cpu",
+                         "MODEL.RETINANET.SCORE_THRESH_TEST", 0.0, "INPUT.MIN_SIZE_TEST", 0])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    _randomize_frozen_bn(model)
+    prepared = prepare_for_inference(copy.deepcopy(model))
+    conv = prepared.backbone.bottom_up.conv1 if hasattr(prepared.backbone, "bottom_up") else None
+    assert conv is not None and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    img = (torch.rand(3, 128, 160) * 255).to(torch.uint8)
+    with torch.no_grad():
+        a = model([{"image": img}])[0]["instances"]
+        b = prepared([{"image": img}])[0]["instances"]
+    assert len(a) == len(b) > 0
+    torch.testing.assert_close(b.scores, a.scores, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(b.pred_boxes.tensor, a.pred_boxes.tensor, rtol=1e-4, atol=1e-3)
