@@ -42,23 +42,33 @@ def test_resnet_features_unchanged_and_every_frozen_bn_folded(depth, pairs):
         torch.testing.assert_close(out[k], ref[k], rtol=1e-4, atol=1e-4)
 
 
-def test_retinanet_detections_unchanged():
+def _small_retinanet() -> nn.Module:
+    """R18 RetinaNet, 3 classes, every detection kept, seeded weights and frozen-BN statistics."""
     cfg = get_cfg()
     cfg.merge_from_list(["MODEL.RESNETS.DEPTH", 18, "MODEL.RETINANET.NUM_CLASSES", 3, "MODEL.DEVICE", "cpu",
                          "MODEL.RETINANET.SCORE_THRESH_TEST", 0.0, "INPUT.MIN_SIZE_TEST", 0])
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     _randomize_frozen_bn(model)
-    fused = copy.deepcopy(model)
-    assert fuse_frozen_batchnorm(fused) > 0
+    return model
+
+
+def _assert_same_detections(model: nn.Module, other: nn.Module) -> None:
     img = (torch.rand(3, 128, 160) * 255).to(torch.uint8)
     with torch.no_grad():
         a = model([{"image": img}])[0]["instances"]
-        b = fused([{"image": img}])[0]["instances"]
+        b = other([{"image": img}])[0]["instances"]
     assert len(a) == len(b) > 0
     torch.testing.assert_close(b.scores, a.scores, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(b.pred_boxes.tensor, a.pred_boxes.tensor, rtol=1e-4, atol=1e-3)
     assert torch.equal(b.pred_classes, a.pred_classes)
+
+
+def test_retinanet_detections_unchanged():
+    model = _small_retinanet()
+    fused = copy.deepcopy(model)
+    assert fuse_frozen_batchnorm(fused) > 0
+    _assert_same_detections(model, fused)
 
 
 def test_sequential_pairs_with_bias_and_groups():
@@ -103,9 +113,7 @@ def test_trainable_batchnorm_is_left_alone():
 def test_torch_backend_folds_a_copy():
     from retinakit.export.predictor import TorchBackend
 
-    cfg = get_cfg()
-    cfg.merge_from_list(["MODEL.RESNETS.DEPTH", 18, "MODEL.RETINANET.NUM_CLASSES", 3, "MODEL.DEVICE", "cpu"])
-    model = build_model(cfg)
+    model = _small_retinanet()
     before = _count_frozen(model)
     backend = TorchBackend(model)
     assert before > 0 and _count_frozen(model) == before  # the caller's model is untouched
@@ -115,19 +123,8 @@ def test_torch_backend_folds_a_copy():
 def test_prepare_for_inference_channels_last_same_detections():
     from retinakit.modeling import prepare_for_inference
 
-    cfg = get_cfg()
-    cfg.merge_from_list(["MODEL.RESNETS.DEPTH", 18, "MODEL.RETINANET.NUM_CLASSES", 3, "MODEL.DEVICE", "cpu",
-                         "MODEL.RETINANET.SCORE_THRESH_TEST", 0.0, "INPUT.MIN_SIZE_TEST", 0])
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    _randomize_frozen_bn(model)
+    model = _small_retinanet()
     prepared = prepare_for_inference(copy.deepcopy(model))
     conv = prepared.backbone.bottom_up.conv1 if hasattr(prepared.backbone, "bottom_up") else None
     assert conv is not None and conv.weight.is_contiguous(memory_format=torch.channels_last)
-    img = (torch.rand(3, 128, 160) * 255).to(torch.uint8)
-    with torch.no_grad():
-        a = model([{"image": img}])[0]["instances"]
-        b = prepared([{"image": img}])[0]["instances"]
-    assert len(a) == len(b) > 0
-    torch.testing.assert_close(b.scores, a.scores, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(b.pred_boxes.tensor, a.pred_boxes.tensor, rtol=1e-4, atol=1e-3)
+    _assert_same_detections(model, prepared)
