@@ -22,6 +22,7 @@ from .quantize import (
     convert_fp16,
     quantize_int8,
 )
+from .winograd import winograd_onnx
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -40,4 +41,5 @@ __all__ = [
     "model_metadata",
     "quantize_int8",
     "read_metadata",
+    "winograd_onnx",
 ]

@@ -1,7 +1,7 @@
 """tools/deploy.py end to end on a briefly trained quickstart model (slow).
 
 Trains the R10 quickstart config on the built-in shapes dataset with tools/train_net.py,
-then ``deploy.py --fp16 --int8 --calibration-images --verify``: the INT8 Q/DQ model must stay
+then ``deploy.py --fp16 --winograd --int8 --calibration-images --verify``: the INT8 Q/DQ model must stay
 within the default tolerance (AP drop <= 1% relative), which deploy itself enforces (exit 1
 otherwise). Then the calibration cache is reused without images and gives the same scales.
 ``RETINAKIT_TEST_DEPLOY_ITERS`` sets the training length (default 120 iterations of 8 images).
@@ -33,15 +33,17 @@ def test_deploy_int8_verify_and_cache_reuse(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     weights = os.path.join(out, "model_final.pth")
     dep = str(tmp_path / "deploy")
-    r = run_tool(["tools/deploy.py", "--config-file", R10, "--weights", weights, "--output", dep, "--fp16", "--int8",
-                  "--calibration-images", train.image_root, "--num-calibration-images", "32", "--verify",
-                  "--val-images", val.image_root, "--val-annotations", val.json_file], timeout=1800)
+    r = run_tool(["tools/deploy.py", "--config-file", R10, "--weights", weights, "--output", dep, "--fp16", "--winograd",
+                  "--int8", "--calibration-images", train.image_root, "--num-calibration-images", "32", "--verify",
+                  "--val-images", val.image_root, "--val-annotations", val.json_file,
+                  "EXPORT.WINOGRAD_MIN_CHANNELS", "64"], timeout=1800)
     with open(os.path.join(dep, "verify.json")) as f:
         report = json.load(f)
     rows = {x["precision"] if x["backend"] != "pytorch" else "pytorch": x for x in report["results"]}
     assert rows["pytorch"]["ap"] > 1.0, f"the trained model is too weak for a meaningful check: {rows}"
     assert abs(rows["fp32"]["delta_ap"]) < 0.05 and rows["fp32"]["max_box_diff"] < 0.05, rows
     assert abs(rows["fp16"]["delta_ap"]) < 0.5, rows
+    assert abs(rows["fp32-winograd"]["delta_ap"]) < 0.05 and rows["fp32-winograd"]["max_box_diff"] < 0.05, rows
     assert r.returncode == 0 and rows["int8"]["status"] == "ok", (r.stdout + r.stderr)[-3000:]
     assert rows["int8"]["ap"] >= rows["pytorch"]["ap"] * (1 - report["max_relative_ap_drop"])
     # Reuse the cache: no images, same activation scales.

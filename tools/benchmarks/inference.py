@@ -3,7 +3,8 @@
 R50-FPN (configs/COCO-Detection/retinanet_R_50_FPN_torchvision.yaml, torchvision's exact
 architecture) at 800 px: torchvision's ``retinanet_resnet50_fpn`` with seeded random
 weights, the same weights converted into retinakit, and retinakit's end-to-end ONNX export
-(FP32, and INT8 Q/DQ made by NVIDIA Model Optimizer, "max" calibration on a few synthetic
+(FP32; FP32 with its 3x3 convolutions rewritten as Winograd F(4x4,3x3), as
+``deploy.py --winograd`` writes it; and INT8 Q/DQ made by NVIDIA Model Optimizer, "max" calibration on a few synthetic
 images at the same size). Every variant runs the whole pipeline on one uint8 image (model
 preprocessing, backbone, head, decode, NMS) in the same process, one after the other; each
 figure is the median of ``--repeats`` timed runs after ``--warmup`` runs, with the
@@ -79,6 +80,7 @@ def main(args: argparse.Namespace) -> int:
         load_predictor,
         model_metadata,
         quantize_int8,
+        winograd_onnx,
     )
     from retinakit.modeling import build_model, fuse_frozen_batchnorm, prepare_for_inference
 
@@ -112,6 +114,9 @@ def main(args: argparse.Namespace) -> int:
         export_onnx(rk, fp32, example_size=(1, h, w), metadata=model_metadata(cfg, rk))
         pred = load_predictor(fp32, threads=args.threads)
         results["retinakit ONNX Runtime FP32"] = _time(lambda: pred([img]), args.warmup, args.repeats)
+        wino = winograd_onnx(fp32, os.path.join(tmp, "model_winograd.onnx"), cfg.EXPORT.WINOGRAD_MIN_CHANNELS)
+        pred_w = load_predictor(wino, threads=args.threads)
+        results["retinakit ONNX Runtime FP32, Winograd 3x3"] = _time(lambda: pred_w([img]), args.warmup, args.repeats)
         if not args.skip_int8:
             cal_dir = os.path.join(tmp, "cal")
             os.makedirs(cal_dir)

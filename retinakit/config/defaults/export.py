@@ -13,6 +13,9 @@ def add_export_config(_C: CN) -> None:
     _C.EXPORT.LEGACY_EXPORTER = False
     # (height, width) of the example traced at export; the graph keeps batch/height/width dynamic.
     _C.EXPORT.EXAMPLE_SIZE = (320, 320)
+    # tools/deploy.py --winograd: 3x3 convolutions with at least this many input channels are
+    # rewritten as Winograd F(4x4,3x3) in DIR/model_winograd.onnx (for ONNX Runtime on CPU).
+    _C.EXPORT.WINOGRAD_MIN_CHANNELS = 256
 
     _C.EXPORT.INT8 = CN()
     # Calibration method: "entropy", "max" or "percentile" (percentile of |activation|).
