@@ -4,10 +4,11 @@ R50-FPN (configs/COCO-Detection/retinanet_R_50_FPN_torchvision.yaml, torchvision
 architecture) at 800 px: torchvision's ``retinanet_resnet50_fpn`` with seeded random
 weights, the same weights converted into retinakit, and retinakit's end-to-end ONNX export
 (FP32; FP32 with its 3x3 convolutions rewritten as Winograd F(4x4,3x3), as
-``deploy.py --winograd`` writes it; and INT8 Q/DQ made by NVIDIA Model Optimizer, "max" calibration on a few synthetic
-images at the same size). Every variant runs the whole pipeline on one uint8 image (model
-preprocessing, backbone, head, decode, NMS) in the same process, one after the other; each
-figure is the median of ``--repeats`` timed runs after ``--warmup`` runs, with the
+``deploy.py --winograd`` writes it; and INT8 Q/DQ made by NVIDIA Model Optimizer, "max"
+calibration on a few synthetic images at the same size). Every variant runs the whole
+pipeline on one uint8 image (model preprocessing, backbone, head, decode, NMS) in the same
+process; after ``--warmup`` calls each, the variants are timed in ``--repeats`` interleaved
+rounds (each variant once per round); each figure is the median over the rounds, with the
 inter-quartile range. Ratios are torchvision's median / variant's median (> 1: faster).
 
     python tools/benchmark.py inference [--size 800 1216] [--repeats 15] [--threads 2] [--json out.json]
@@ -46,17 +47,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default="", help="also write the results here")
 
 
-def _time(fn: Callable[[], Any], warmup: int, repeats: int) -> dict[str, float]:
-    """Median, IQR and minimum (ms) of ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    ts = []
+def _no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
+    def run() -> Any:
+        with torch.inference_mode():
+            return fn()
+
+    return run
+
+
+def _time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Median, IQR and minimum (ms) per variant: ``warmup`` calls each, then ``repeats`` rounds
+    in which every variant runs once in turn, so that a change of machine speed during the
+    run hits all variants alike instead of whichever happened to be timed then."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    ts: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1000.0)
-    q1, q3 = np.percentile(ts, [25, 75])
-    return {"median_ms": statistics.median(ts), "iqr_ms": float(q3 - q1), "min_ms": min(ts)}
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            ts[name].append((time.perf_counter() - t0) * 1000.0)
+    out = {}
+    for name, t in ts.items():
+        q1, q3 = np.percentile(t, [25, 75])
+        out[name] = {"median_ms": statistics.median(t), "iqr_ms": float(q3 - q1), "min_ms": min(t)}
+    return out
 
 
 def _image(h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -94,29 +110,24 @@ def main(args: argparse.Namespace) -> int:
     load_model_weights(rk, {"model": tv.state_dict()}, "torchvision retinanet_resnet50_fpn (random)")
     h, w = args.size
     img = _image(h, w)
-    results: dict[str, dict[str, float]] = {}
-    with torch.inference_mode():
-        results["torchvision eager"] = _time(lambda: tv([img.float() / 255.0]), args.warmup, args.repeats)
-        results["retinakit eager"] = _time(lambda: rk([{"image": img}]), args.warmup, args.repeats)
-        rk_cl = rk.to(memory_format=torch.channels_last)
-        results["retinakit eager channels_last"] = _time(lambda: rk_cl([{"image": img}]), args.warmup, args.repeats)
-        rk = rk.to(memory_format=torch.contiguous_format)
-        rk_fused = copy.deepcopy(rk)
-        fuse_frozen_batchnorm(rk_fused)
-        results["retinakit eager, FrozenBN folded"] = _time(lambda: rk_fused([{"image": img}]), args.warmup, args.repeats)
-        # What DefaultPredictor / load_predictor(.pth) run: FrozenBN folded + channels_last.
-        rk_pred = prepare_for_inference(copy.deepcopy(rk))
-        results["retinakit eager, predictor (folded + channels_last)"] = _time(
-            lambda: rk_pred([{"image": img}]), args.warmup, args.repeats
-        )
+    variants: dict[str, Callable[[], Any]] = {"torchvision eager": _no_grad(lambda: tv([img.float() / 255.0]))}
+    variants["retinakit eager"] = _no_grad(lambda: rk([{"image": img}]))
+    rk_cl = copy.deepcopy(rk).to(memory_format=torch.channels_last)
+    variants["retinakit eager channels_last"] = _no_grad(lambda: rk_cl([{"image": img}]))
+    rk_fused = copy.deepcopy(rk)
+    fuse_frozen_batchnorm(rk_fused)
+    variants["retinakit eager, FrozenBN folded"] = _no_grad(lambda: rk_fused([{"image": img}]))
+    # What DefaultPredictor / load_predictor(.pth) run: FrozenBN folded + channels_last.
+    rk_pred = prepare_for_inference(copy.deepcopy(rk))
+    variants["retinakit eager, predictor (folded + channels_last)"] = _no_grad(lambda: rk_pred([{"image": img}]))
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = os.path.join(tmp, "model.onnx")
         export_onnx(rk, fp32, example_size=(1, h, w), metadata=model_metadata(cfg, rk))
         pred = load_predictor(fp32, threads=args.threads)
-        results["retinakit ONNX Runtime FP32"] = _time(lambda: pred([img]), args.warmup, args.repeats)
+        variants["retinakit ONNX Runtime FP32"] = lambda: pred([img])
         wino = winograd_onnx(fp32, os.path.join(tmp, "model_winograd.onnx"), cfg.EXPORT.WINOGRAD_MIN_CHANNELS)
         pred_w = load_predictor(wino, threads=args.threads)
-        results["retinakit ONNX Runtime FP32, Winograd 3x3"] = _time(lambda: pred_w([img]), args.warmup, args.repeats)
+        variants["retinakit ONNX Runtime FP32, Winograd 3x3"] = lambda: pred_w([img])
         if not args.skip_int8:
             cal_dir = os.path.join(tmp, "cal")
             os.makedirs(cal_dir)
@@ -127,7 +138,8 @@ def main(args: argparse.Namespace) -> int:
             data = calibration_arrays(cfg, cal_dir, args.calibration_images, pred.metadata["size_divisibility"])
             int8 = quantize_int8(fp32, os.path.join(tmp, "int8.onnx"), calibration_data=data, method="max")
             pred8 = load_predictor(int8, threads=args.threads)
-            results["retinakit ONNX Runtime INT8 Q/DQ"] = _time(lambda: pred8([img]), args.warmup, args.repeats)
+            variants["retinakit ONNX Runtime INT8 Q/DQ"] = lambda: pred8([img])
+        results = _time_interleaved(variants, args.warmup, args.repeats)
     base = results["torchvision eager"]["median_ms"]
     print(f"batch 1, {h}x{w}, {args.threads} threads, median of {args.repeats} (IQR), speed-up vs torchvision eager")
     print(f"{'variant':52s} {'median ms':>10s} {'IQR ms':>8s} {'speed-up':>9s}")
