@@ -16,7 +16,7 @@ from .coco_validate import (
     check_top_level,
 )
 from .errors import BadImageError, DatasetError, ProblemLog
-from .image_io import image_size
+from .image_io import image_size, size_mismatch
 
 __all__ = ["load_coco_json", "read_coco_categories", "register_coco_instances"]
 
@@ -78,12 +78,9 @@ def _image_sizes(records: list[dict], check_files: bool, bad: ProblemLog, json_f
             dropped.add(id(r))
             continue
         h, w = res
-        if r.get("height") and r.get("width") and (r["height"], r["width"]) != (h, w):
-            bad.report(
-                "size disagrees with file",
-                f"{json_file}: image id {r['image_id']} ({r['file_name']}) is {w}x{h} (width x height) on disk but the JSON says "
-                f"{r['width']}x{r['height']}. Fix 'width'/'height' in the JSON (or remove them to read them from the file)",
-            )
+        msg = size_mismatch(r["file_name"], f"image id {r['image_id']} of {json_file}", (h, w), (r.get("height"), r.get("width")))
+        if msg:
+            bad.report("size disagrees with file", msg)
             dropped.add(id(r))
             continue
         r["height"], r["width"] = h, w

@@ -29,7 +29,7 @@ import torch
 
 from .errors import BadImageError, DatasetError, check_policy
 from .image_check import image_problem, report_bad_images
-from .image_io import read_image
+from .image_io import read_image, size_mismatch
 from .mapper import DatasetMapper, annotations_to_instances
 from .samplers import (
     InferenceSampler,
@@ -265,12 +265,9 @@ class DaliLoader:
         return feed
 
     def _sample(self, d: dict[str, Any], p: TransformParams, image: torch.Tensor, decoded: tuple[int, int]) -> dict[str, Any]:
-        if (d["height"], d["width"]) != decoded:
-            raise BadImageError(
-                f"Image {d['file_name']} (image id {d['image_id']}) decodes to {decoded[1]}x{decoded[0]} (width x height) "
-                f"but the dataset says {d['width']}x{d['height']}. Fix 'width'/'height' in the JSON.{self._hint()}",
-                kind="size disagrees with file",
-            )
+        msg = size_mismatch(d["file_name"], f"image id {d['image_id']}", decoded, (d["height"], d["width"]), seen="when decoded")
+        if msg:
+            raise BadImageError(msg + self._hint(), kind="size disagrees with file")
         if self.transform.color is not None:
             image = self.transform.apply_image(image, TransformParams(p.out_size, photometric_seed=p.photometric_seed))
         out = {k: v for k, v in d.items() if k != "annotations"}

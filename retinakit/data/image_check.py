@@ -14,7 +14,7 @@ from typing import Any
 import torch.distributed as dist
 
 from .errors import BadImageError, ProblemLog
-from .image_io import verify_image
+from .image_io import size_mismatch, verify_image
 from .samplers import world_info
 
 __all__ = ["drop_bad_images", "find_bad_images", "image_problem", "report_bad_images"]
@@ -27,12 +27,8 @@ def _context(d: dict[str, Any]) -> str:
 
 
 def _size_problem(d: dict[str, Any], h: int, w: int) -> Problem | None:
-    if not (d.get("height") and d.get("width")) or (d["height"], d["width"]) == (h, w):
-        return None
-    return "size disagrees with file", (
-        f"Image {d['file_name']} ({_context(d)}) is {w}x{h} (width x height) on disk but the dataset says "
-        f"{d['width']}x{d['height']}. Fix 'width'/'height' in the JSON (or remove them to read them from the file)"
-    )
+    msg = size_mismatch(d["file_name"], _context(d), (h, w), (d.get("height"), d.get("width")))
+    return ("size disagrees with file", msg) if msg else None
 
 
 def _format_problem(d: dict[str, Any], fmt: str, formats: Collection[str]) -> Problem | None:

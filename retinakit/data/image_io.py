@@ -5,14 +5,16 @@ import os
 import re
 import struct
 import zlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadImageError
 
-__all__ = ["EXIF_ORIENTATION_TAG", "ImageHeader", "image_size", "read_image", "to_rgb_array", "verify_image"]
+__all__ = [
+    "EXIF_ORIENTATION_TAG", "ImageHeader", "image_size", "read_image", "size_mismatch", "to_rgb_array", "verify_image",
+]
 
 EXIF_ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # transpose / rotate 90 / transverse / rotate 270
@@ -20,6 +22,25 @@ _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # transpose / rotate 90 / transverse / ro
 
 def _where(file_name: str, context: str) -> str:
     return f"Image {file_name}" + (f" ({context})" if context else "")
+
+
+def size_mismatch(
+    file_name: str, context: str, actual_hw: tuple[int, int], declared_hw: tuple[Any, Any], seen: str = "on disk"
+) -> str | None:
+    """The message for an image whose real ``(height, width)`` is not what its dataset dict says.
+
+    None when they agree or the dict declares no size. ``seen`` says how the size was
+    learnt: ``"on disk"`` (file header) or ``"when decoded"``. Every size check (COCO loading, the
+    DALI pre-check, the loaders) words it this way.
+    """
+    dh, dw = declared_hw
+    if not (dh and dw) or (int(dh), int(dw)) == (int(actual_hw[0]), int(actual_hw[1])):
+        return None
+    h, w = actual_hw
+    return (
+        f"{_where(file_name, context)} is {w}x{h} (width x height) {seen} but the dataset says {dw}x{dh}. "
+        "Fix 'width'/'height' in the JSON (or remove them to read them from the file)."
+    )
 
 
 def _open(file_name: str, context: str) -> Image.Image:

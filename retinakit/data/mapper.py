@@ -11,7 +11,7 @@ import torch
 from ..config import configurable
 from ..structures import Boxes, Instances
 from .errors import BadImageError, check_policy
-from .image_io import read_image
+from .image_io import read_image, size_mismatch
 from .transforms import DetectionTransform, TransformParams
 
 __all__ = ["DatasetMapper", "annotations_to_instances"]
@@ -81,12 +81,9 @@ class DatasetMapper:
         context = f"image id {d.get('image_id')}"
         try:
             img = read_image(d["file_name"], self.image_format, context)
-            h, w = img.shape[:2]
-            if d.get("height") and d.get("width") and (d["height"], d["width"]) != (h, w):
-                raise BadImageError(
-                    f"Image {d['file_name']} ({context}) decodes to {w}x{h} (width x height) but the dataset says "
-                    f"{d['width']}x{d['height']}. Fix 'width'/'height' in the JSON (or remove them to read them from the file)."
-                )
+            msg = size_mismatch(d["file_name"], context, img.shape[:2], (d.get("height"), d.get("width")), seen="when decoded")
+            if msg:
+                raise BadImageError(msg)
         except BadImageError as e:
             if self.on_bad_image == "error":
                 raise BadImageError(f"{e} (To drop such images and go on, set DATALOADER.ON_BAD_IMAGE skip.)") from e

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from retinakit.data import BadImageError, read_image
-from retinakit.data.image_io import EXIF_ORIENTATION_TAG, image_size
+from retinakit.data.image_io import EXIF_ORIENTATION_TAG, image_size, size_mismatch
 
 
 def _rgb(h=6, w=10, seed=0):
@@ -139,3 +139,15 @@ def test_verify_image_other_formats_are_decoded(tmp_path):
     _cut(tmp_path / "a.bmp", 100)
     with pytest.raises(BadImageError, match="truncated or corrupt"):
         verify_image(str(tmp_path / "a.bmp"))
+
+
+def test_size_mismatch_message_names_file_id_and_both_sizes():
+    """One wording for every size check (COCO loading, DALI pre-check, loaders)."""
+    assert size_mismatch("a.png", "image id 3", (20, 40), (20, 40)) is None
+    assert size_mismatch("a.png", "image id 3", (20, 40), (None, None)) is None  # nothing declared
+    msg = size_mismatch("a.png", "image id 3", (20, 40), (20, 41))
+    assert msg == (
+        "Image a.png (image id 3) is 40x20 (width x height) on disk but the dataset says 41x20. "
+        "Fix 'width'/'height' in the JSON (or remove them to read them from the file)."
+    )
+    assert "is 40x20 (width x height) when decoded" in size_mismatch("a.png", "", (20, 40), (21, 40), seen="when decoded")
