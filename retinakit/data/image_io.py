@@ -69,13 +69,19 @@ def _corrupt(file_name: str, context: str, what: str) -> BadImageError:
 
 
 def image_size(file_name: str, context: str = "") -> tuple[int, int]:
-    """``(height, width)`` from the file header only (no decoding), after EXIF orientation."""
+    """``(height, width)`` from the file header only (no decoding), after EXIF orientation.
+
+    A PNG's orientation comes from its eXIf chunk found by walking the chunks (PIL's
+    ``getexif()`` would decode the whole image to look past the pixel data); a damaged file
+    is not reported here: :func:`verify_image` and :func:`read_image` do that.
+    """
     with _open(file_name, context) as img:
         w, h = img.size
-        try:
-            orientation = img.getexif().get(EXIF_ORIENTATION_TAG, 1)
-        except Exception:  # noqa: BLE001 - a broken EXIF block of any kind: the decoder ignores it too
-            orientation = 1
+        png_exif = None
+        if img.format == "PNG":
+            with open(file_name, "rb") as f:
+                png_exif = _png_problem(f.read())[1]
+        orientation = _orientation(img, png_exif)
     return (w, h) if orientation in _SWAPPING_ORIENTATIONS else (h, w)
 
 

@@ -151,3 +151,20 @@ def test_size_mismatch_message_names_file_id_and_both_sizes():
         "Fix 'width'/'height' in the JSON (or remove them to read them from the file)."
     )
     assert "is 40x20 (width x height) when decoded" in size_mismatch("a.png", "", (20, 40), (21, 40), seen="when decoded")
+
+
+def test_image_size_reads_headers_without_decoding(tmp_path, monkeypatch):
+    """PNG (orientation in an eXIf chunk) and JPEG sizes come without decoding any pixels."""
+    from PIL import ImageFile
+
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION_TAG] = 6
+    for name in ("o.png", "o.jpg"):
+        Image.fromarray(_rgb(6, 10)).save(tmp_path / name, exif=exif)
+
+    def no_decoding(self):
+        raise AssertionError("image_size decoded the image")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    assert image_size(str(tmp_path / "o.png")) == (10, 6)
+    assert image_size(str(tmp_path / "o.jpg")) == (10, 6)
