@@ -96,10 +96,8 @@ class _Builder:
     """Adds the shared constants once and emits one convolution's replacement nodes."""
 
     def __init__(self, graph: Any) -> None:
-        from onnx import numpy_helper
-
         self.graph = graph
-        names = {i.name for i in graph.initializer}
+        self.names = {i.name for i in graph.initializer}
         consts = {
             "Bk": input_transform_kernels(), "AT": output_transform(),
             "hw_axes": np.array([2, 3], np.int64), "three": np.array([3], np.int64), "four": np.array([4], np.int64),
@@ -107,8 +105,16 @@ class _Builder:
             "minus1": np.array([-1], np.int64), "axis0": np.array([0], np.int64), "n36": np.array([36], np.int64),
         }
         for k, v in consts.items():
-            if f"{_PREFIX}/{k}" not in names:
-                graph.initializer.append(numpy_helper.from_array(v, f"{_PREFIX}/{k}"))
+            self.add_const(self.c(k), v)
+
+    def add_const(self, name: str, value: np.ndarray) -> str:
+        """Add initializer ``name`` unless the graph has it already; returns ``name``."""
+        from onnx import numpy_helper
+
+        if name not in self.names:
+            self.names.add(name)
+            self.graph.initializer.append(numpy_helper.from_array(value, name))
+        return name
 
     @staticmethod
     def c(name: str) -> str:
@@ -121,7 +127,8 @@ class _Builder:
         x, y = conv.input[0], conv.output[0]
         t = lambda s: f"{tag}/{s}"  # noqa: E731 - local name helper
         c_ = self.c
-        self._int_consts(k, c)
+        for v in (k, c):
+            self.add_const(c_(f"c{v}"), np.array([v], np.int64))
         out = [
             # th, tw = ceil(H / 4), ceil(W / 4)
             helper.make_node("Shape", [x], [t("shape")], name=t("shape")),
@@ -160,15 +167,6 @@ class _Builder:
             out.append(helper.make_node("Add", [crop, bias_name], [y], name=t("bias")))
         return out
 
-    def _int_consts(self, *values: int) -> None:
-        from onnx import numpy_helper
-
-        names = {i.name for i in self.graph.initializer}
-        for v in values:
-            if self.c(f"c{v}") not in names:
-                names.add(self.c(f"c{v}"))
-                self.graph.initializer.append(numpy_helper.from_array(np.array([v], np.int64), self.c(f"c{v}")))
-
 
 def winograd_rewrite(proto: Any, min_channels: int = 256) -> int:
     """Rewrite the eligible 3x3 convolutions of ``proto`` (an ``onnx.ModelProto``) in place.
@@ -188,24 +186,23 @@ def winograd_rewrite(proto: Any, min_channels: int = 256) -> int:
     graph = proto.graph
     weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     builder: _Builder | None = None
-    new_nodes, u_names, count = [], {}, 0
+    new_nodes, count = [], 0
     for i, node in enumerate(graph.node):
         if not _eligible(node, weights, min_channels):
             new_nodes.append(node)
             continue
         builder = builder or _Builder(graph)
         w_name = node.input[1]
-        if w_name not in u_names:
-            u_names[w_name] = f"{w_name}/{_PREFIX}_U"
-            graph.initializer.append(numpy_helper.from_array(winograd_filter(weights[w_name]), u_names[w_name]))
-        bias = weights[node.input[2]].reshape(1, -1, 1, 1) if len(node.input) > 2 and node.input[2] else None
+        u_name = f"{w_name}/{_PREFIX}_U"
+        if u_name not in builder.names:  # a weight shared by several convolutions is transformed once
+            builder.add_const(u_name, winograd_filter(weights[w_name]))
         bias_name = None
-        if bias is not None:
+        if len(node.input) > 2 and node.input[2]:
             bias_name = f"{node.input[2]}/{_PREFIX}_bias"
-            if bias_name not in {x.name for x in graph.initializer}:
-                graph.initializer.append(numpy_helper.from_array(bias, bias_name))
+            if bias_name not in builder.names:
+                builder.add_const(bias_name, weights[node.input[2]].reshape(1, -1, 1, 1))
         k, c = weights[w_name].shape[:2]
-        new_nodes.extend(builder.nodes(node, u_names[w_name], int(k), int(c), bias_name, f"{node.name or 'conv'}_{i}/{_PREFIX}"))
+        new_nodes.extend(builder.nodes(node, u_name, int(k), int(c), bias_name, f"{node.name or 'conv'}_{i}/{_PREFIX}"))
         count += 1
     if count:
         del graph.node[:]
