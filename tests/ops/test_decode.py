@@ -52,11 +52,27 @@ CASES = [
 
 @pytest.mark.parametrize("n,hws,k,topk,thr", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_decode_matches_reference(n, hws, k, topk, thr, dtype):
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_decode_matches_reference(n, hws, k, topk, thr, dtype, channels_last):
+    """Channels_last heads (what the predictors' models produce) are read in place by the kernel."""
     cls, box, anc = heads(n, hws, k, seed=len(hws) + k, dtype=dtype)
     sizes = torch.tensor([[200 + 10 * i, 300 - 7 * i] for i in range(n)])
-    args = (cls, box, anc, sizes, thr, topk, (1.0, 1.0, 1.0, 1.0), CLAMP)
-    assert_decode_equal(ops.decode_detections(*args), ops.reference.decode_detections(*args))
+    ref = ops.reference.decode_detections(cls, box, anc, sizes, thr, topk, (1.0, 1.0, 1.0, 1.0), CLAMP)
+    if channels_last:
+        cls = [c.contiguous(memory_format=torch.channels_last) for c in cls]
+        box = [b.contiguous(memory_format=torch.channels_last) for b in box]
+    assert_decode_equal(ops.decode_detections(cls, box, anc, sizes, thr, topk, (1.0, 1.0, 1.0, 1.0), CLAMP), ref)
+
+
+def test_decode_channels_last_ties_across_work_items():
+    """Exactly tied scores split over several location ranges keep the lower-index-first order."""
+    cls, box, anc = heads(2, [(16, 20), (8, 10)], 80, seed=3, quantize=True)
+    sizes = torch.tensor([[400, 500], [300, 350]])
+    args = (anc, sizes, 0.05, 300, (1.0, 1.0, 1.0, 1.0), CLAMP)
+    ref = ops.reference.decode_detections(cls, box, *args)
+    cl = [c.contiguous(memory_format=torch.channels_last) for c in cls]
+    assert not cl[0].is_contiguous()
+    assert_decode_equal(ops.decode_detections(cl, box, *args), ref)
 
 
 def test_decode_ties_weights_nan_and_outside():
