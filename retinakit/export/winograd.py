@@ -47,7 +47,7 @@ _G = np.array([
 ], dtype=np.float64)
 _AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], dtype=np.float64)
 TILE_OUT, TILE_IN = 4, 6
-_PREFIX = "winograd_f4x4_3x3"
+_PREFIX = WINOGRAD_ALGORITHM  # names of the added nodes and initializers
 
 
 def winograd_filter(weight: np.ndarray) -> np.ndarray:
@@ -75,13 +75,14 @@ def _attr(node: Any, name: str, default: Any) -> Any:
     return default
 
 
-def _eligible(node: Any, weights: dict[str, np.ndarray], min_channels: int) -> bool:
+def _eligible(node: Any, inits: dict[str, Any], min_channels: int) -> bool:
+    """Whether ``node`` is a 3x3/stride 1/pad 1 ungrouped Conv with initializer weights (``inits``: name -> TensorProto)."""
     if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
         return False
-    w = weights.get(node.input[1])
-    if w is None or w.ndim != 4 or tuple(w.shape[2:]) != (3, 3) or w.shape[1] < min_channels:
+    w = inits.get(node.input[1])
+    if w is None or len(w.dims) != 4 or tuple(w.dims[2:]) != (3, 3) or w.dims[1] < min_channels:
         return False
-    if len(node.input) > 2 and node.input[2] and node.input[2] not in weights:
+    if len(node.input) > 2 and node.input[2] and node.input[2] not in inits:
         return False
     return (
         _attr(node, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
@@ -184,24 +185,24 @@ def winograd_rewrite(proto: Any, min_channels: int = 256) -> int:
     from onnx import numpy_helper
 
     graph = proto.graph
-    weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    inits = {i.name: i for i in graph.initializer}  # arrays are read only for the rewritten convolutions
     builder: _Builder | None = None
     new_nodes, count = [], 0
     for i, node in enumerate(graph.node):
-        if not _eligible(node, weights, min_channels):
+        if not _eligible(node, inits, min_channels):
             new_nodes.append(node)
             continue
         builder = builder or _Builder(graph)
         w_name = node.input[1]
         u_name = f"{w_name}/{_PREFIX}_U"
         if u_name not in builder.names:  # a weight shared by several convolutions is transformed once
-            builder.add_const(u_name, winograd_filter(weights[w_name]))
+            builder.add_const(u_name, winograd_filter(numpy_helper.to_array(inits[w_name])))
         bias_name = None
         if len(node.input) > 2 and node.input[2]:
             bias_name = f"{node.input[2]}/{_PREFIX}_bias"
             if bias_name not in builder.names:
-                builder.add_const(bias_name, weights[node.input[2]].reshape(1, -1, 1, 1))
-        k, c = weights[w_name].shape[:2]
+                builder.add_const(bias_name, numpy_helper.to_array(inits[node.input[2]]).reshape(1, -1, 1, 1))
+        k, c = inits[w_name].dims[:2]
         new_nodes.extend(builder.nodes(node, u_name, int(k), int(c), bias_name, f"{node.name or 'conv'}_{i}/{_PREFIX}"))
         count += 1
     if count:
