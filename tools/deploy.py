@@ -9,9 +9,10 @@
         [--verify --val-images DIR --val-annotations JSON [--max-ap-drop 0.01]] [KEY VALUE ...]
 
 Writes DIR/model.onnx (FP32), DIR/model_fp16.onnx, DIR/model_winograd.onnx (FP32 with its
-3x3 convolutions rewritten as Winograd F(4x4,3x3): for ONNX Runtime on CPU), DIR/model_int8.onnx (+ the calibration
-cache, DIR/calibration.cache unless --calibration-cache names another file) and, with
---tensorrt, one TensorRT engine (.plan) per ONNX model. --verify evaluates every artefact
+3x3 convolutions rewritten as Winograd F(4x4,3x3), for ONNX Runtime on CPU),
+DIR/model_int8.onnx (+ the calibration cache, DIR/calibration.cache unless
+--calibration-cache names another file) and, with --tensorrt, one TensorRT engine (.plan)
+per ONNX model except the Winograd one. --verify evaluates every artefact
 (onnxruntime here; TensorRT engines too when TensorRT and a GPU are present) against the
 PyTorch model on the validation set and prints backend, precision, latency, AP, ΔAP and
 the largest box difference; it also writes DIR/verify.json. An INT8 model whose AP is more
