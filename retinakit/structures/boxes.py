@@ -8,24 +8,49 @@ import torch
 __all__ = ["Boxes", "box_area", "pairwise_iou"]
 
 
+def _wide(boxes: torch.Tensor) -> torch.Tensor:
+    """``boxes`` in the type box arithmetic runs in: int64 for integer boxes, float32 for
+    float16/bfloat16 (and other sub-32-bit floats), float32/float64 unchanged.
+
+    Casting *before* subtracting keeps uint8 differences from wrapping and fp16 areas of
+    boxes larger than ~256 px from overflowing to inf.
+    """
+    if boxes.is_floating_point():
+        return boxes if boxes.dtype in (torch.float32, torch.float64) else boxes.float()
+    return boxes.long()
+
+
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
-    """Area of XYXY boxes ``[N, 4]`` -> ``[N]``; inverted boxes have zero area."""
-    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
-    return wh[:, 0] * wh[:, 1]
+    """Area of XYXY boxes ``[..., 4]`` -> ``[...]``; inverted boxes have zero area.
+
+    Result dtype: float32 for float32/float16/bfloat16 boxes, float64 for float64, int64 for
+    integer boxes (exact; torchvision's ``box_area`` gives the same values, in int32 for
+    types up to 32 bits).
+    """
+    b = _wide(boxes)
+    wh = (b[..., 2:] - b[..., :2]).clamp(min=0)
+    return wh[..., 0] * wh[..., 1]
 
 
 def pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of every pair: ``a [N, 4]``, ``b [M, 4]`` (XYXY) -> ``[N, M]``.
+    """IoU of every pair: ``a [N, 4]``, ``b [M, 4]`` (XYXY, any real dtype) -> ``[N, M]``.
 
-    Pairs whose union is zero (both boxes empty) get IoU 0.
+    Computed as :func:`box_area` does (integer boxes in int64, float16/bfloat16 in float32);
+    the result is float64 for float64 boxes and float32 otherwise, as torchvision's
+    ``box_iou``. Inverted boxes count as empty; pairs whose union is zero get IoU 0
+    (torchvision: NaN).
     """
+    a, b = _wide(a), _wide(b)
     area_a, area_b = box_area(a), box_area(b)
     lt = torch.max(a[:, None, :2], b[None, :, :2])
     rb = torch.min(a[:, None, 2:], b[None, :, 2:])
     wh = (rb - lt).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
     union = area_a[:, None] + area_b[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter))
+    # Clamp only keeps 0/0 out of the (masked) branch, so that gradients stay finite.
+    floor = torch.finfo(union.dtype).tiny if union.is_floating_point() else 1
+    iou = inter / union.clamp(min=floor)
+    return torch.where(union > 0, iou, torch.zeros_like(iou))
 
 
 class Boxes:
@@ -65,7 +90,8 @@ class Boxes:
 
     def nonempty(self, threshold: float = 0.0) -> torch.Tensor:
         """``[N]`` bool: width and height both greater than ``threshold``."""
-        wh = self.tensor[:, 2:] - self.tensor[:, :2]
+        b = _wide(self.tensor)
+        wh = b[:, 2:] - b[:, :2]
         return (wh[:, 0] > threshold) & (wh[:, 1] > threshold)
 
     def scale(self, scale_x: float, scale_y: float) -> None:
