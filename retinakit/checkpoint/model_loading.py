@@ -6,7 +6,9 @@
   skipped with a warning when the counts differ (fine-tuning on another dataset);
 * any other shape mismatch, or keys the model does not have, raise
   :class:`CheckpointMismatchError` naming the keys and shapes (another architecture);
-* keys the checkpoint lacks are reported in one warning (e.g. backbone-only weights).
+* keys the checkpoint lacks are reported in one warning (e.g. backbone-only weights), except
+  BatchNorm counters and the training-only state a model names in ``training_state_keys``
+  (e.g. RetinaNet's moving loss normalizer), which keep their initial values.
 """
 from __future__ import annotations
 
@@ -131,7 +133,8 @@ def load_model_weights(
     target.load_state_dict(usable, strict=False)
     report.loaded = sorted(usable)
     skipped = {s[0] for s in report.skipped_class_specific}
-    report.missing = sorted(k for k in model_sd if k not in usable and k not in skipped and not k.endswith("num_batches_tracked"))
+    optional = ("num_batches_tracked", *getattr(target, "training_state_keys", ()))  # counters, training-only state
+    report.missing = sorted(k for k in model_sd if k not in usable and k not in skipped and k.split(".")[-1] not in optional)
     if report.missing:
         logger.warning("%d tensors of the model are not in %s and keep their initialisation: %s",
                        len(report.missing), source, _group(report.missing))

@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 import os
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,7 +33,7 @@ from ..utils.events import (
 from ..utils.logger import setup_logger
 from . import hooks
 from .solver import build_lr_scheduler, build_optimizer
-from .train_loop import AMPTrainer, SimpleTrainer, TrainerBase
+from .train_loop import AMPTrainer, HookBase, SimpleTrainer, TrainerBase
 
 __all__ = ["DefaultPredictor", "DefaultTrainer", "default_argument_parser", "default_setup", "default_writers"]
 
@@ -141,6 +142,17 @@ def _accepts(func: Any, name: str) -> bool:
         return False
 
 
+class _ForwardAfterBackward(HookBase):
+    """Registered on the step trainer that ``DefaultTrainer`` wraps: the step trainer fires
+    ``after_backward`` inside its ``run_step``; this hands it on to the DefaultTrainer's hooks."""
+
+    def __init__(self, outer: TrainerBase) -> None:
+        self._outer = weakref.proxy(outer)
+
+    def after_backward(self) -> None:
+        self._outer.after_backward()
+
+
 class DefaultTrainer(TrainerBase):
     """A trainer with the standard set-up and hooks, built from a config.
 
@@ -158,6 +170,7 @@ class DefaultTrainer(TrainerBase):
         model = self._wrap_ddp(model)
         self.model = model
         self._trainer = self._build_step_trainer(cfg, model, optimizer)
+        self._trainer.register_hooks([_ForwardAfterBackward(self)])
         self.optimizer = optimizer
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = Checkpointer(
@@ -291,9 +304,13 @@ class DefaultTrainer(TrainerBase):
         5. BestCheckpointer: reads this iteration's evaluation results, so after EvalHook.
         6. Hooks named in cfg.HOOKS: see every built-in state update above, and their own
            state is still saved by the checkpointer that follows.
-        7. PeriodicCheckpointer: after every hook that changes state, so the checkpoint holds
-           the state a resumed run needs at the start of the next iteration.
-        8. PeriodicWriter (main process): last, so it writes the metrics every hook logged.
+        7. PeriodicWriter (main process): after every hook that logs metrics, and before the
+           checkpoint: once a checkpoint of iteration i exists, the metrics of iteration i
+           are in metrics.json (a run killed right after the save loses no row on resume).
+        8. PeriodicCheckpointer: last, after every hook that changes state, so the checkpoint
+           holds the state a resumed run needs at the start of the next iteration.
+
+        Hooks added later with :meth:`register_hooks` run after these.
         """
         cfg = self.cfg
         out: list[hooks.HookBase] = [hooks.IterationTimer(), hooks.LRScheduler(self.scheduler)]
@@ -305,12 +322,12 @@ class DefaultTrainer(TrainerBase):
             out.append(hooks.BestCheckpointer(self.checkpointer, cfg.TEST.BEST_METRIC, cfg.TEST.BEST_MODE))
         for name in cfg.HOOKS:
             out.append(hooks.HOOK_REGISTRY.get(name)(cfg, self))
-        out.append(
-            hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_iter, cfg.SOLVER.MAX_TO_KEEP)
-        )
         if comm.is_main_process():
             writers = self.build_writers()
             out.append(hooks.PeriodicWriter(writers, period=cfg.SOLVER.LOG_PERIOD))
+        out.append(
+            hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_iter, cfg.SOLVER.MAX_TO_KEEP)
+        )
         return out
 
     def build_writers(self) -> list[EventWriter]:

@@ -17,11 +17,40 @@ import torch
 from torch import nn
 
 from ..utils import comm
-from ..utils.events import EventStorage, get_event_storage
+from ..utils.events import EventStorage, HistoryBuffer, get_event_storage
 
 __all__ = ["AMPTrainer", "HookBase", "NonFiniteLossError", "SimpleTrainer", "TrainerBase"]
 
 logger = logging.getLogger("retinakit.trainer")
+
+# Scalars of each metric kept in checkpoints: the writers' smoothing windows (20) and the
+# ETA estimate read the recent history, so a resumed run logs what an uninterrupted one would.
+HISTORY_KEPT = 1000
+
+
+def history_state(storage: EventStorage) -> dict[str, dict[str, Any]]:
+    """The recent scalar history of ``storage`` as tensors: ``{name: {values [L] float64,
+    iters [L] int64, total, count}}`` (L <= HISTORY_KEPT)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, h in storage.histories().items():
+        recent = h.values[-HISTORY_KEPT:]
+        out[name] = {
+            "values": torch.tensor([v for v, _ in recent], dtype=torch.float64),
+            "iters": torch.tensor([i for _, i in recent], dtype=torch.int64),
+            "total": float(h.total),
+            "count": int(h.count),
+        }
+    return out
+
+
+def load_history_state(storage: EventStorage, state: Mapping[str, Mapping[str, Any]]) -> None:
+    """Put what :func:`history_state` returned back into a fresh ``storage``."""
+    histories = storage.histories()
+    for name, s in state.items():
+        h = HistoryBuffer()
+        h.values = [(float(v), int(i)) for v, i in zip(s["values"].tolist(), s["iters"].tolist())]
+        h.total, h.count = float(s["total"]), int(s["count"])
+        histories[name] = h
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -74,6 +103,7 @@ class TrainerBase:
         self.max_iter = 0
         self.completed = False
         self.storage: EventStorage
+        self._saved_history: Mapping[str, Any] = {}
 
     def register_hooks(self, hooks: Sequence[HookBase | None]) -> None:
         """Append hooks; they are called in the order of registration."""
@@ -95,6 +125,8 @@ class TrainerBase:
         self.max_iter = max_iter
         self.completed = False
         with EventStorage(start_iter) as self.storage:
+            load_history_state(self.storage, self._saved_history)
+            self._saved_history = {}
             try:
                 self.before_train()
                 for self.iter in range(start_iter, max_iter):
@@ -147,10 +179,15 @@ class TrainerBase:
             s = h.state_dict()
             if s:
                 hooks[key] = s
-        return {"iteration": self.iter, "hooks": hooks}
+        storage = getattr(self, "storage", None)
+        history = history_state(storage) if storage is not None else {}
+        return {"iteration": self.iter, "hooks": hooks, "history": history}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the iteration and hook states; the scalar history goes into the event
+        storage of the next :meth:`train`."""
         self.iter = int(state["iteration"])
+        self._saved_history = state.get("history", {})
         saved = dict(state.get("hooks", {}))
         for key, h in zip(self._hook_keys(), self._hooks):
             if key in saved:

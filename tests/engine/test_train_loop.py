@@ -120,7 +120,7 @@ def test_default_hook_order_is_documented(tmp_path):
     names = [type(h).__name__ for h in DummyTrainer(cfg).hooks]
     assert names == [
         "IterationTimer", "LRScheduler", "EMAHook", "EvalHook", "BestCheckpointer",
-        "PeriodicCheckpointer", "PeriodicWriter",
+        "PeriodicWriter", "PeriodicCheckpointer",
     ]
 
 

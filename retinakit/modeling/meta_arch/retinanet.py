@@ -51,6 +51,10 @@ class RetinaNet(nn.Module):
     # Keys whose shape depends on the number of classes: skipped (with a warning) when
     # fine-tuning from a checkpoint trained with another class count.
     class_specific_keys: tuple[str, ...] = ("head.cls_score.",)
+    # Training-only state in the state dict: checkpoints carry it (exact resume), weights
+    # without it (older checkpoints, converted weights) load silently with its initial value.
+    training_state_keys: tuple[str, ...] = ("loss_normalizer",)
+    loss_normalizer: torch.Tensor
 
     @configurable
     def __init__(
@@ -87,7 +91,9 @@ class RetinaNet(nn.Module):
         self.postprocessor = postprocessor
         self.num_classes = num_classes
         self.loss_normalizer_momentum = loss_normalizer_momentum
-        self.loss_normalizer = 100.0  # a typical number of foreground anchors per batch
+        # Moving average of the foreground anchor count per batch (a scalar buffer, so that
+        # it is saved and restored with the model); 100 is a typical starting value.
+        self.register_buffer("loss_normalizer", torch.tensor(100.0))
         self.ignore_iou_threshold = float(min(getattr(matcher, "thresholds", [0.4])[1:-1] or [0.4]))
         self.preprocessor = ImagePreprocessor(
             pixel_mean, pixel_std, backbone.size_divisibility, resize_in_model,
@@ -216,13 +222,22 @@ class RetinaNet(nn.Module):
         valid = labels >= 0
         pos = valid & (labels != self.num_classes)
         num_pos = _global_mean(float(pos.sum().item()), labels.device)
-        m = self.loss_normalizer_momentum
-        self.loss_normalizer = m * self.loss_normalizer + (1 - m) * max(num_pos, 1.0) if self.training else max(num_pos, 1.0)
+        normalizer = self._loss_normalizer(num_pos)
         targets = F.one_hot(labels[valid], self.num_classes + 1)[:, :-1]
         loss_cls = self.cls_loss(logits[valid], targets)
         anchors_n = all_anchors.unsqueeze(0).expand_as(gt_boxes)
         loss_box = self.reg_loss(deltas[pos], anchors_n[pos], gt_boxes[pos], self.box_coder)
-        return {"loss_cls": loss_cls / self.loss_normalizer, "loss_box_reg": loss_box / self.loss_normalizer}
+        return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box / normalizer}
+
+    @torch.no_grad()
+    def _loss_normalizer(self, num_pos: float) -> torch.Tensor | float:
+        """In training, update the moving foreground count and return a copy of it (a 0-dim
+        tensor, safe from later in-place updates); otherwise this batch's count."""
+        if not self.training:
+            return max(num_pos, 1.0)
+        m = self.loss_normalizer_momentum
+        self.loss_normalizer.mul_(m).add_((1 - m) * max(num_pos, 1.0))
+        return self.loss_normalizer.clone()
 
     def inference_outputs(self, images: ImageList) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """Raw per-level head outputs and anchors for a preprocessed batch (training, inference, export)."""
