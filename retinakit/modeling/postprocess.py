@@ -4,7 +4,10 @@
 :class:`RetinaNetPostProcessor`, runs two compiled ops for the whole batch:
 :func:`retinakit.ops.decode_detections` (threshold, per-level top-k, decode, clip) and
 :func:`retinakit.ops.multiclass_nms` (per-class, class-agnostic or soft NMS, then the best
-``max_detections``). Its detections equal torchvision's ``RetinaNet.postprocess_detections``.
+``max_detections``). Its detections equal torchvision's ``RetinaNet.postprocess_detections``,
+except that by default (``MODEL.POSTPROCESSOR.FILTER_EMPTY_BOXES``) candidates whose clipped box
+has zero width or height (or NaN coordinates; e.g. from inf or huge deltas) are dropped
+before NMS, as detectron2's ``Boxes.nonempty()`` filter does; torchvision keeps them.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from ..config.configurable import configurable
 from ..structures import Boxes, Instances
 from ..utils.registry import Registry
 
-__all__ = ["POSTPROCESSOR_REGISTRY", "RetinaNetPostProcessor", "build_postprocessor"]
+__all__ = ["POSTPROCESSOR_REGISTRY", "RetinaNetPostProcessor", "build_postprocessor", "drop_empty_candidates"]
 
 POSTPROCESSOR_REGISTRY = Registry(
     "POSTPROCESSOR",
@@ -39,6 +42,29 @@ def build_postprocessor(cfg: Any, box_coder: Any) -> nn.Module:
     return POSTPROCESSOR_REGISTRY.get(cfg.MODEL.POSTPROCESSOR.NAME)(cfg, box_coder)
 
 
+def drop_empty_candidates(
+    boxes: Tensor, scores: Tensor, classes: Tensor, num_valid: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Remove the candidates whose box is empty from the packed decode outputs.
+
+    Takes and returns ``boxes [N, M, 4]`` (XYXY), ``scores [N, M]``, ``classes [N, M]`` and
+    ``num_valid [N]`` (valid rows first). A box is kept when its width and height are both
+    > 0 (NaN boxes are dropped). Kept rows stay in their order, moved to the front; the
+    rest is padding (zero boxes and scores, class -1). No host synchronisation.
+    """
+    m = boxes.shape[1]
+    in_range = torch.arange(m, device=boxes.device)[None, :] < num_valid[:, None]
+    wh = boxes[..., 2:] - boxes[..., :2]
+    keep = in_range & (wh[..., 0] > 0) & (wh[..., 1] > 0)
+    order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)  # kept rows first, in order
+    count = keep.sum(dim=1)
+    valid = torch.arange(m, device=boxes.device)[None, :] < count[:, None]
+    boxes = torch.where(valid[..., None], torch.gather(boxes, 1, order[..., None].expand(-1, -1, 4)), torch.zeros_like(boxes))
+    scores = torch.where(valid, torch.gather(scores, 1, order), torch.zeros_like(scores))
+    classes = torch.where(valid, torch.gather(classes, 1, order), torch.full_like(classes, -1))
+    return boxes, scores, classes, count.to(num_valid.dtype)
+
+
 @POSTPROCESSOR_REGISTRY.register()
 class RetinaNetPostProcessor(nn.Module):
     """Score threshold, per-level top-k, box decode, clip, NMS and top ``max_detections``.
@@ -47,6 +73,11 @@ class RetinaNetPostProcessor(nn.Module):
     ``DeltaXYWHBoxCoder``) use the fused compiled decode. Any other box coder takes the
     generic path: candidates are selected in torch and decoded with its ``decode(deltas,
     anchors)``; NMS is still the compiled op.
+
+    ``filter_empty_boxes`` (default True): drop candidates whose clipped box has zero width
+    or height, or NaN coordinates, before NMS (:func:`drop_empty_candidates`), so that a
+    fully clipped box from inf/huge deltas is never returned (with its score, possibly 1.0)
+    and does not take one of the ``max_detections`` places. False keeps them (torchvision).
     """
 
     @configurable
@@ -63,6 +94,7 @@ class RetinaNetPostProcessor(nn.Module):
         soft_nms_sigma: float = 0.5,
         soft_nms_score_thresh: float = 0.001,
         allow_reference_ops: bool = False,
+        filter_empty_boxes: bool = True,
     ) -> None:
         super().__init__()
         if nms_type not in _NMS_TYPES:
@@ -79,6 +111,7 @@ class RetinaNetPostProcessor(nn.Module):
         self.soft_nms_sigma = float(soft_nms_sigma)
         self.soft_nms_score_thresh = float(soft_nms_score_thresh)
         self.allow_reference_ops = bool(allow_reference_ops)
+        self.filter_empty_boxes = bool(filter_empty_boxes)
 
     @classmethod
     def from_config(cls, cfg: Any, box_coder: Any) -> dict[str, Any]:
@@ -94,12 +127,13 @@ class RetinaNetPostProcessor(nn.Module):
             "soft_nms_sigma": pp.SOFT_NMS_SIGMA,
             "soft_nms_score_thresh": pp.SOFT_NMS_SCORE_THRESH,
             "allow_reference_ops": pp.ALLOW_REFERENCE_OPS,
+            "filter_empty_boxes": pp.FILTER_EMPTY_BOXES,
         }
 
     def extra_repr(self) -> str:
         return (
             f"score_thresh={self.score_thresh}, topk_candidates={self.topk_candidates}, nms_type={self.nms_type}, "
-            f"nms_thresh={self.nms_thresh}, max_detections={self.max_detections}"
+            f"nms_thresh={self.nms_thresh}, max_detections={self.max_detections}, filter_empty_boxes={self.filter_empty_boxes}"
         )
 
     def forward(
@@ -128,6 +162,8 @@ class RetinaNetPostProcessor(nn.Module):
             )
         else:
             boxes, scores, classes, num_valid = self._generic_decode(cls_logits, box_deltas, anchors, image_sizes)
+        if self.filter_empty_boxes:
+            boxes, scores, classes, num_valid = drop_empty_candidates(boxes, scores, classes, num_valid)
         boxes, scores, classes, num_det = ops.multiclass_nms(
             boxes, scores, classes, num_valid, self.nms_type, self.nms_thresh, self.max_detections,
             self.soft_nms_method, self.soft_nms_sigma, self.soft_nms_score_thresh,

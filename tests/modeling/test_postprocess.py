@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_postprocess_helpers import MiniDeltaCoder, make_heads, torchvision_postprocess
+from test_postprocess_helpers import (
+    MiniDeltaCoder,
+    drop_empty_reference,
+    make_heads,
+    torchvision_postprocess,
+)
 
 from retinakit import ops
 from retinakit.modeling.postprocess import (
@@ -28,7 +33,7 @@ def test_matches_torchvision(seed, n, hw, k):
     torch.manual_seed(seed)
     cls, box, anchors = make_heads(n, hw, num_classes=k, seed=seed, mean=-5.0 if k > 1 else -1.5)
     sizes = [(hw[0] - 7 * i, hw[1] - 3 * i) for i in range(n)]
-    pp = RetinaNetPostProcessor(box_coder=MiniDeltaCoder(), allow_reference_ops=REF)
+    pp = RetinaNetPostProcessor(box_coder=MiniDeltaCoder(), allow_reference_ops=REF, filter_empty_boxes=False)
     ours = pp(cls, box, anchors, sizes)
     theirs = torchvision_postprocess(cls, box, anchors, sizes)
     assert sum(len(i) for i in ours) > 0
@@ -48,15 +53,19 @@ def test_generic_box_coder_path_matches_fused():
         torch.testing.assert_close(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("filter_empty", [False, True])
 @pytest.mark.parametrize("nms_type", ["agnostic", "soft"])
-def test_other_nms_types_match_reference(nms_type):
+def test_other_nms_types_match_reference(nms_type, filter_empty):
     cls, box, anchors = make_heads(1, (96, 128), seed=4)
     sizes = [(96, 128)]
     pp = RetinaNetPostProcessor(
-        box_coder=MiniDeltaCoder(), nms_type=nms_type, nms_thresh=0.5, topk_candidates=300, allow_reference_ops=REF
+        box_coder=MiniDeltaCoder(), nms_type=nms_type, nms_thresh=0.5, topk_candidates=300, allow_reference_ops=REF,
+        filter_empty_boxes=filter_empty,
     )
     (inst,) = pp(cls, box, anchors, sizes)
     b, s, c, nv = ops.reference.decode_detections(cls, box, anchors, torch.tensor(sizes), 0.05, 300, [1.0] * 4, pp.box_coder.scale_clamp)
+    if filter_empty:
+        b, s, c, nv = drop_empty_reference(b, s, c, nv)
     _, rs, rc, rn = ops.reference.multiclass_nms(b, s, c, nv, nms_type, 0.5, 100)
     d = int(rn[0])
     assert len(inst) == d > 0
@@ -89,6 +98,9 @@ def test_from_config():
     cfg.TEST.DETECTIONS_PER_IMAGE = 50
     pp = RetinaNetPostProcessor(cfg, MiniDeltaCoder())
     assert pp.nms_type == "soft" and pp.max_detections == 50 and pp.score_thresh == cfg.MODEL.RETINANET.SCORE_THRESH_TEST
+    assert pp.filter_empty_boxes is True
+    cfg.MODEL.POSTPROCESSOR.FILTER_EMPTY_BOXES = False
+    assert RetinaNetPostProcessor(cfg, MiniDeltaCoder()).filter_empty_boxes is False
     with pytest.raises(ValueError, match="NMS_TYPE"):
         RetinaNetPostProcessor(box_coder=MiniDeltaCoder(), nms_type="fast")
 
@@ -99,7 +111,7 @@ def test_library_box_coders():
     cls, box, anchors = make_heads(1, (128, 160), seed=7)
     sizes = [(128, 160)]
     coder = box_coder.DeltaXYWHBoxCoder()
-    (inst,) = RetinaNetPostProcessor(box_coder=coder, allow_reference_ops=REF)(cls, box, anchors, sizes)
+    (inst,) = RetinaNetPostProcessor(box_coder=coder, allow_reference_ops=REF, filter_empty_boxes=False)(cls, box, anchors, sizes)
     (det,) = torchvision_postprocess(cls, box, anchors, sizes)
     _assert_same([inst], [det])
     legacy = box_coder.LegacyDeltaXYWHBoxCoder()

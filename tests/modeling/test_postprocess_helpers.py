@@ -81,3 +81,33 @@ def torchvision_postprocess(cls, box, anchors, image_sizes, score_thresh=0.05, t
     )
     per_image_anchors = [list(anchors) for _ in image_sizes]
     return RetinaNet.postprocess_detections(owner, {"cls_logits": tv_c, "bbox_regression": tv_b}, per_image_anchors, list(image_sizes))
+
+
+def drop_empty_reference(boxes: Tensor, scores: Tensor, classes: Tensor, num_valid: Tensor):
+    """Per-row loop: keep the valid candidates with width > 0 and height > 0 (same packed layout)."""
+    out_b, out_s = torch.zeros_like(boxes), torch.zeros_like(scores)
+    out_c, out_n = torch.full_like(classes, -1), torch.zeros_like(num_valid)
+    for n in range(boxes.shape[0]):
+        rows = [i for i in range(int(num_valid[n])) if boxes[n, i, 2] > boxes[n, i, 0] and boxes[n, i, 3] > boxes[n, i, 1]]
+        idx = torch.tensor(rows, dtype=torch.int64)
+        out_b[n, : len(rows)], out_s[n, : len(rows)], out_c[n, : len(rows)] = boxes[n, idx], scores[n, idx], classes[n, idx]
+        out_n[n] = len(rows)
+    return out_b, out_s, out_c, out_n
+
+
+def inject_bad_deltas(box: list[Tensor], seed: int = 0, frac: float = 0.1) -> list[Tensor]:
+    """Copies of ``box`` deltas where ``frac`` of the anchors get inf, -inf, NaN or huge (1e30) values."""
+    g = torch.Generator().manual_seed(seed)
+    bad = torch.tensor([float("inf"), float("-inf"), 1e30, -1e30, float("nan")])
+    out = []
+    for b in box:
+        b = b.clone()
+        n, a4, h, w = b.shape
+        d = b.view(n, a4 // 4, 4, h, w)
+        hit = torch.rand(n, a4 // 4, 1, h, w, generator=g) < frac
+        coord = torch.randint(0, 4, (n, a4 // 4, 1, h, w), generator=g)
+        val = bad[torch.randint(0, bad.numel(), (n, a4 // 4, 1, h, w), generator=g)]
+        mask = hit & (torch.arange(4)[None, None, :, None, None] == coord)
+        d[mask.expand_as(d)] = val.expand_as(d)[mask.expand_as(d)]
+        out.append(b)
+    return out

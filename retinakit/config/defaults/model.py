@@ -99,3 +99,6 @@ def add_model_config(_C: CN) -> None:
     _C.MODEL.POSTPROCESSOR.SOFT_NMS_SCORE_THRESH = 0.001
     # Use the pure-torch reference ops when the compiled extension is missing (slow; off by default).
     _C.MODEL.POSTPROCESSOR.ALLOW_REFERENCE_OPS = False
+    # Drop candidates whose clipped box has zero width or height (or NaN coordinates, e.g. from
+    # inf/huge box deltas) before NMS, as detectron2's nonempty() filter; False keeps them (torchvision).
+    _C.MODEL.POSTPROCESSOR.FILTER_EMPTY_BOXES = True
