@@ -72,7 +72,9 @@ EXTRAS = {
     "dali": ["nvidia-dali-cuda130"],
     "video": ["av"],  # PyAV: video files as input of tools/infer.py
     "tensorboard": ["tensorboard"],  # TensorBoard event files from the trainer (make demo installs it)
-    "tensorrt": ["tensorrt>=10,<12", "cuda-python>=12.6"],
+    # cuda-python 12.6.0 has no cuda.bindings (added in 12.6.1). tensorrt, cuda-python and the driver
+    # must share a CUDA major version (docs/deployment.md).
+    "tensorrt": ["tensorrt>=10,<12", "cuda-python>=12.6.1"],
 }
 
 setup(

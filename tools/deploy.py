@@ -140,6 +140,21 @@ def export_all(args: argparse.Namespace, cfg: Any, model: Any) -> list[tuple]:
     return out
 
 
+def _check_tensorrt_limits(cfg: Any, model: Any) -> None:
+    """Fail before the slow export when the e2e graph would have a TopK that TensorRT cannot build.
+
+    The NMS box-limit warning is logged by ``build_engine`` (from the ONNX metadata).
+    """
+    from retinakit.export.tensorrt import TensorRTLimitError, check_tensorrt_limits
+
+    if cfg.EXPORT.MODE != "e2e":
+        return
+    try:
+        check_tensorrt_limits(len(model.head_in_features), model.postprocessor.topk_candidates, cfg.TEST.DETECTIONS_PER_IMAGE)
+    except TensorRTLimitError as e:
+        raise UserError(f"--tensorrt: {e}") from None
+
+
 def build_engines(args: argparse.Namespace, cfg: Any, onnx_files: list[tuple], divisibility: int) -> list[tuple]:
     from retinakit.export.tensorrt import ShapeProfile, build_engine
 
@@ -197,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     cfg = _setup_cfg(args)
     model = load_model(cfg, args.weights)
+    if args.tensorrt:
+        _check_tensorrt_limits(cfg, model)
     onnx_files = export_all(args, cfg, model)
     artefacts = list(onnx_files)
     div = int(getattr(model.backbone, "size_divisibility", 32) or 32)

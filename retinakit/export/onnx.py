@@ -106,6 +106,8 @@ def export_onnx(
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
     meta = dict(metadata or {})
     meta.update(mode=mode, opset=opset, outputs=names)
+    if mode == "e2e":  # the graph's TopK / NMS sizes, checked against TensorRT's limits by build_engine
+        meta.update(num_levels=len(wrapper.strides), topk_candidates=wrapper.topk, max_detections=wrapper.max_detections)
     write_metadata(proto, meta)
     onnx.save(proto, path)
     return path
