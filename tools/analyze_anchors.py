@@ -21,13 +21,13 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from retinakit.config import ConfigError, get_cfg
-from retinakit.modeling.anchor_analysis import (
+from retinakit.analysis.anchors import (
     FINE_EDGES,
     AnchorCoverageReport,
     anchor_coverage,
     suggest_anchors,
 )
+from retinakit.config import ConfigError, get_cfg
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -8,10 +8,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from retinakit.config import ConfigError, get_cfg
-from retinakit.data.transforms import DetectionTransform
-from retinakit.modeling import ANCHOR_GENERATOR_REGISTRY, DefaultAnchorGenerator
-from retinakit.modeling.anchor_analysis import (
+from retinakit.analysis.anchors import (
     AnchorSetup,
     anchor_coverage,
     best_iou_grid,
@@ -20,6 +17,9 @@ from retinakit.modeling.anchor_analysis import (
     kmeans_aspect_ratios,
     suggest_anchors,
 )
+from retinakit.config import ConfigError, get_cfg
+from retinakit.data.transforms import DetectionTransform
+from retinakit.modeling import ANCHOR_GENERATOR_REGISTRY, DefaultAnchorGenerator
 
 
 def small_cfg(**overrides):

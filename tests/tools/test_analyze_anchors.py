@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
+from retinakit.analysis.anchors import anchor_coverage
 from retinakit.config import get_cfg
 from retinakit.data import load_coco_json
 from retinakit.data.datasets import ShapesSpec, generate_shapes
-from retinakit.modeling.anchor_analysis import anchor_coverage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CFG = os.path.join(ROOT, "projects", "ResNet10", "configs", "retinanet_R10_FPN_shapes_small.yaml")

@@ -2,9 +2,10 @@
 
 A ground-truth box is *covered* when at least one anchor reaches IoU >= the matcher's
 foreground threshold (``MODEL.RETINANET.IOU_THRESHOLDS[-1]``) with it. Boxes are taken
-after the resize the data pipeline applies (``INPUT.MIN_SIZE_*`` / ``MAX_SIZE_*``) and
-anchors come from the model's own anchor generator for the padded image size, with the
-feature-map sizes the backbone produces (``output_shape()`` strides).
+after the resize the data pipeline (or, with ``INPUT.RESIZE_IN_MODEL``, the model's
+preprocessor) applies (``INPUT.MIN_SIZE_*`` / ``MAX_SIZE_*``), and anchors come from the
+anchor generator of the model that ``build_model`` assembles, for the padded image size,
+with the feature-map sizes its backbone produces (``output_shape()`` strides).
 
 * :func:`anchor_coverage` -> :class:`AnchorCoverageReport` (overall and per box size).
 * :func:`suggest_anchors` searches ``SIZES`` / ``OCTAVE_SCALES`` / ``ASPECT_RATIOS`` of
@@ -15,33 +16,29 @@ feature-map sizes the backbone produces (``output_shape()`` strides).
 
 Best IoUs are computed exactly in two ways: by brute force over every anchor of the
 image (any anchor generator), or, for grid generators (``DefaultAnchorGenerator``), in
-closed form: for a fixed anchor shape the overlap with a box is separable in x and y and
-non-increasing in the distance from the aligned position, so the nearest grid centre in
-each axis is the best one.
+closed form (see :mod:`.iou`).
 
-Modules: ``ground_truth`` (boxes as the anchors see them), ``anchor_setup`` (generator,
-feature-map sizes), ``best_iou``, ``report``, ``coverage``, ``kmeans`` and ``search``.
+Modules: ``inputs`` (boxes as the anchors see them; the model's anchor generator and
+feature-map sizes), ``iou`` (best IoU, k-means of box shapes), ``coverage`` (report and
+coverage) and ``search`` (anchor search).
 """
 from __future__ import annotations
 
-# AnchorSetup and best_iou_grid were importable from here before the split (not in __all__).
-from .anchor_setup import AnchorSetup as AnchorSetup
-from .best_iou import best_iou_bruteforce
-from .best_iou import best_iou_grid as best_iou_grid
-from .coverage import anchor_coverage, check_anchor_coverage
-from .ground_truth import GroundTruth, collect_ground_truth
-from .kmeans import kmeans_aspect_ratios
-from .report import COCO_BUCKETS, FINE_EDGES, AnchorCoverageReport
+from .coverage import COCO_BUCKETS, FINE_EDGES, AnchorCoverageReport, anchor_coverage, check_anchor_coverage
+from .inputs import AnchorSetup, GroundTruth, collect_ground_truth
+from .iou import best_iou_bruteforce, best_iou_grid, kmeans_aspect_ratios
 from .search import AnchorSuggestion, suggest_anchors
 
 __all__ = [
     "COCO_BUCKETS",
     "FINE_EDGES",
     "AnchorCoverageReport",
+    "AnchorSetup",
     "AnchorSuggestion",
     "GroundTruth",
     "anchor_coverage",
     "best_iou_bruteforce",
+    "best_iou_grid",
     "check_anchor_coverage",
     "collect_ground_truth",
     "kmeans_aspect_ratios",

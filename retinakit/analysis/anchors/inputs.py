@@ -1,17 +1,100 @@
-"""The model parts the analysis needs: anchor generator, backbone feature-map sizes, the
-matcher's foreground threshold."""
+"""What the analysis reads: the ground-truth boxes as the anchors see them (resized like the
+data pipeline or the model's preprocessor), and the model's own anchor generator,
+feature-map sizes and matcher foreground threshold."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from ...config.config import ConfigError, import_custom_modules
-from .ground_truth import GroundTruth
+from ...config.config import ConfigError
+from ...data.transforms import resized_shape
+from ...modeling import DefaultAnchorGenerator, build_model
+from ...modeling.meta_arch.preprocess import resized_size
 
-__all__ = ["AnchorSetup"]
+__all__ = ["AnchorSetup", "GroundTruth", "collect_ground_truth"]
+
+
+@dataclass
+class GroundTruth:
+    """Non-crowd GT boxes after resizing, with the padded input size of their image.
+
+    ``boxes [G, 4]`` XYXY float32 in resized-image pixels; ``padded_hw [G, 2]`` int64.
+    """
+
+    boxes: torch.Tensor
+    padded_hw: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+def _short_sizes(cfg: Any, mode: str) -> tuple[list[int], int]:
+    """Short-side sizes of ``mode`` (low/middle/high for "range" sampling) and the max size."""
+    if mode == "test":
+        return [int(cfg.INPUT.MIN_SIZE_TEST)], int(cfg.INPUT.MAX_SIZE_TEST)
+    if mode != "train":
+        raise ValueError(f"mode must be 'train' or 'test', got {mode!r}.")
+    sizes = [int(s) for s in cfg.INPUT.MIN_SIZE_TRAIN]
+    if cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "range" and len(sizes) == 2:
+        sizes = sorted({sizes[0], (sizes[0] + sizes[1]) // 2, sizes[1]})
+    return sizes, int(cfg.INPUT.MAX_SIZE_TRAIN)
+
+
+def _resized_hw(h: int, w: int, short: int, max_size: int, in_model: bool) -> tuple[int, int]:
+    """Output size of the data pipeline's resize, or of the model's preprocessor (``INPUT.RESIZE_IN_MODEL``)."""
+    return resized_size(h, w, short, max_size) if in_model else resized_shape(h, w, short, max_size)
+
+
+def _sample(dicts: list[dict[str, Any]], max_images: int | None, seed: int) -> list[dict[str, Any]]:
+    """A fixed random subset of ``max_images`` dataset dicts (all of them without a limit), in order."""
+    if max_images is None or not 0 < max_images < len(dicts):
+        return dicts
+    idx = torch.randperm(len(dicts), generator=torch.Generator().manual_seed(seed))[:max_images]
+    return [dicts[i] for i in sorted(idx.tolist())]
+
+
+def _resized_boxes(b: torch.Tensor, hw: tuple[int, int], out_hw: tuple[int, int]) -> torch.Tensor:
+    """XYXY boxes ``[N, 4]`` (float64) of an ``hw`` image scaled to ``out_hw``, clipped, empty ones dropped."""
+    (h, w), (oh, ow) = hw, out_hw
+    r = b * torch.tensor([ow / w, oh / h, ow / w, oh / h], dtype=torch.float64)
+    r[:, 0::2] = r[:, 0::2].clamp(0, ow)
+    r[:, 1::2] = r[:, 1::2].clamp(0, oh)
+    return r[(r[:, 2] > r[:, 0]) & (r[:, 3] > r[:, 1])]
+
+
+def collect_ground_truth(
+    cfg: Any, dataset_dicts: Sequence[dict[str, Any]], size_divisibility: int, *, mode: str = "train",
+    max_images: int | None = None, seed: int = 0,
+) -> GroundTruth:
+    """GT boxes of ``dataset_dicts`` (XYXY, ``iscrowd`` left out) at every input size of ``mode``.
+
+    ``mode="train"``: each image once per ``INPUT.MIN_SIZE_TRAIN`` choice (low/middle/high
+    for "range" sampling); ``"test"``: at ``MIN_SIZE_TEST``. Flips are ignored. With
+    ``max_images`` a fixed random subset (``seed``) of the images is used.
+    """
+    shorts, max_size = _short_sizes(cfg, mode)
+    d = max(int(size_divisibility), 1)
+    boxes, padded = [], []
+    for rec in _sample(list(dataset_dicts), max_images, seed):
+        h, w = rec.get("height"), rec.get("width")
+        if not h or not w:
+            raise ValueError(f"Dataset dict of image {rec.get('image_id', '?')} has no height/width; load it with retinakit.data.")
+        annos = [a for a in rec.get("annotations", []) if not a.get("iscrowd", 0)]
+        if not annos:
+            continue
+        b = torch.tensor([a["bbox"] for a in annos], dtype=torch.float64).reshape(-1, 4)
+        for short in shorts:
+            oh, ow = _resized_hw(int(h), int(w), short, max_size, bool(cfg.INPUT.RESIZE_IN_MODEL))
+            r = _resized_boxes(b, (h, w), (oh, ow))
+            boxes.append(r.float())
+            padded.append(torch.tensor([[-(-oh // d) * d, -(-ow // d) * d]], dtype=torch.int64).expand(len(r), 2))
+    if not boxes:
+        return GroundTruth(torch.zeros(0, 4), torch.zeros(0, 2, dtype=torch.int64))
+    return GroundTruth(torch.cat(boxes), torch.cat(padded))
 
 
 @dataclass
@@ -28,19 +111,21 @@ class AnchorSetup:
 
     @classmethod
     def from_config(cls, cfg: Any) -> AnchorSetup:
-        from ..anchor_generator import build_anchor_generator
-        from ..backbone import build_backbone
-
-        import_custom_modules(cfg.CUSTOM_IMPORTS)
-        backbone = build_backbone(cfg).eval()
-        shapes = backbone.output_shape()
-        in_features = list(cfg.MODEL.RETINANET.IN_FEATURES)
-        missing = [f for f in in_features if f not in shapes]
+        """Take backbone, ``head_in_features`` and anchor generator from the model that
+        ``build_model`` assembles from ``cfg`` (on the CPU)."""
+        cpu_cfg = cfg.clone()
+        cpu_cfg.defrost()
+        cpu_cfg.MODEL.DEVICE = "cpu"
+        model: Any = build_model(cpu_cfg)
+        missing = [a for a in ("backbone", "head_in_features", "anchor_generator") if not hasattr(model, a)]
         if missing:
-            raise ConfigError(f"MODEL.RETINANET.IN_FEATURES names {missing}; the backbone produces {list(shapes)}.")
-        feature_shapes = [shapes[f] for f in in_features]
-        generator = build_anchor_generator(cfg, feature_shapes)
-        return cls(generator, backbone, in_features, [int(s.stride or 0) for s in feature_shapes], int(backbone.size_divisibility))
+            raise ConfigError(f"Anchor analysis reads {missing} of the model; MODEL.META_ARCHITECTURE "
+                              f"{cfg.MODEL.META_ARCHITECTURE!r} has no such attributes.")
+        backbone = model.backbone.eval()
+        in_features = list(model.head_in_features)
+        shapes = backbone.output_shape()
+        strides = [int(shapes[f].stride or 0) for f in in_features]
+        return cls(model.anchor_generator, backbone, in_features, strides, int(backbone.size_divisibility))
 
     def grid_sizes(self, padded_hw: tuple[int, int]) -> list[tuple[int, int]]:
         """Feature-map ``(h, w)`` per level for an input of ``padded_hw`` (shape-only forward on "meta")."""
@@ -80,6 +165,7 @@ def _grid_tensors(setup: AnchorSetup, gt: GroundTruth, strides_from_image: bool)
 
 
 def _fg_threshold(cfg: Any) -> float:
+    """The matcher's foreground IoU threshold, ``MODEL.RETINANET.IOU_THRESHOLDS[-1]``."""
     th = list(cfg.MODEL.RETINANET.IOU_THRESHOLDS)
     if not th:
         raise ConfigError("MODEL.RETINANET.IOU_THRESHOLDS is empty; anchor coverage needs the foreground threshold.")
@@ -87,6 +173,5 @@ def _fg_threshold(cfg: Any) -> float:
 
 
 def _is_grid_generator(gen: Any) -> bool:
-    from ..anchor_generator import DefaultAnchorGenerator
-
+    """Whether ``gen`` places the same cell anchors on a regular grid (closed-form best IoU)."""
     return isinstance(gen, DefaultAnchorGenerator)

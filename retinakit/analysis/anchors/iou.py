@@ -1,5 +1,6 @@
-"""Best IoU of each ground-truth box over the anchors: brute force (any anchor generator)
-or closed form for grid anchors (``DefaultAnchorGenerator``).
+"""IoU geometry of the analysis: best IoU of each ground-truth box over the anchors, by brute
+force (any anchor generator) or in closed form for grid anchors (``DefaultAnchorGenerator``),
+and aspect ratios by k-means of the box shapes with distance 1 - IoU.
 
 For a fixed anchor shape the overlap with a box is separable in x and y and non-increasing
 in the distance from the aligned position, so the nearest grid centre in each axis is the
@@ -14,7 +15,7 @@ import torch
 
 from ...structures import pairwise_iou
 
-__all__ = ["best_iou_bruteforce", "best_iou_grid"]
+__all__ = ["best_iou_bruteforce", "best_iou_grid", "kmeans_aspect_ratios"]
 
 
 @contextlib.contextmanager
@@ -72,3 +73,31 @@ def best_iou_grid(boxes: torch.Tensor, grid: torch.Tensor, stride: torch.Tensor,
         iou = inter / (area_b + area_a - inter).clamp(min=1e-12)
         best = torch.maximum(best, iou.max(dim=1).values)
     return best
+
+
+def _unit_shape_iou(log_r: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """IoU of centred unit-area boxes with log aspect ratios ``log_r [G]`` and ``centres [K]`` -> ``[G, K]``."""
+    h1, w1 = torch.exp(log_r / 2)[:, None], torch.exp(-log_r / 2)[:, None]
+    h2, w2 = torch.exp(centres / 2)[None], torch.exp(-centres / 2)[None]
+    inter = torch.minimum(h1, h2) * torch.minimum(w1, w2)
+    return inter / (2 - inter)
+
+
+def kmeans_aspect_ratios(boxes: torch.Tensor, k: int, iters: int = 30) -> list[float]:
+    """``k`` aspect ratios (h/w, sorted) by k-means of the box shapes with distance 1 - IoU.
+
+    Boxes are normalised to unit area and centred, so the IoU depends on the shape only.
+    Deterministic: centres start at the quantiles of log(h/w).
+    """
+    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-6).double()
+    log_r = torch.log(wh[:, 1] / wh[:, 0])
+    if log_r.numel() == 0:
+        return [1.0] * k
+    centres = torch.quantile(log_r, (torch.arange(k, dtype=torch.float64) + 0.5) / k)
+    for _ in range(iters):
+        assign = _unit_shape_iou(log_r, centres).argmax(dim=1)
+        new = torch.stack([log_r[assign == j].median() if (assign == j).any() else centres[j] for j in range(k)])
+        if torch.allclose(new, centres):
+            break
+        centres = new
+    return sorted(float(v) for v in torch.exp(centres))

@@ -10,7 +10,25 @@ from torch import nn
 
 from ...structures import ImageList
 
-__all__ = ["ImagePreprocessor"]
+__all__ = ["ImagePreprocessor", "resize_scale", "resized_size"]
+
+
+def resize_scale(h: int, w: int, min_size: float, max_size: float) -> float | None:
+    """Scale factor that makes the short side ``min_size`` and the long side at most ``max_size``;
+    None when the image keeps its size (``min_size <= 0`` or a scale of about 1)."""
+    if min_size <= 0:
+        return None
+    scale = min(min_size / min(h, w), max_size / max(h, w))
+    return None if math.isclose(scale, 1.0) else scale
+
+
+def resized_size(h: int, w: int, min_size: float, max_size: float) -> tuple[int, int]:
+    """Output ``(h, w)`` of :meth:`ImagePreprocessor.resize_image` for an ``h x w`` input: the
+    interpolation's ``floor(side * scale)``."""
+    scale = resize_scale(h, w, min_size, max_size)
+    if scale is None:
+        return h, w
+    return math.floor(h * scale), math.floor(w * scale)
 
 
 class ImagePreprocessor(nn.Module):
@@ -63,12 +81,9 @@ class ImagePreprocessor(nn.Module):
 
     def resize_image(self, image: torch.Tensor, training: bool) -> torch.Tensor:
         """Bilinear resize of a normalised ``[C, H, W]`` image; returns ``[C, H', W']``."""
-        min_size, max_size = self._target_size(training)
-        if min_size <= 0:
-            return image
         h, w = image.shape[-2:]
-        scale = min(min_size / min(h, w), max_size / max(h, w))
-        if math.isclose(scale, 1.0):
+        scale = resize_scale(h, w, *self._target_size(training))
+        if scale is None:
             return image
         return F.interpolate(
             image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
