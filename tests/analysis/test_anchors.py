@@ -19,7 +19,8 @@ from retinakit.analysis.anchors import (
 )
 from retinakit.config import ConfigError, get_cfg
 from retinakit.data.transforms import DetectionTransform
-from retinakit.modeling import ANCHOR_GENERATOR_REGISTRY, DefaultAnchorGenerator
+from retinakit.modeling import ANCHOR_GENERATOR_REGISTRY, DefaultAnchorGenerator, build_model
+from retinakit.structures import Boxes
 
 
 def small_cfg(**overrides):
@@ -120,6 +121,29 @@ def test_ground_truth_follows_the_data_pipeline_resize():
     torch.testing.assert_close(gt.boxes, torch.cat(expected), atol=1e-3, rtol=0)
     assert gt.padded_hw.tolist() == padded
     assert len(collect_ground_truth(cfg, dicts, 32, max_images=2)) < len(gt)
+
+
+def test_ground_truth_follows_the_model_resize():
+    """INPUT.RESIZE_IN_MODEL: sizes from the real preprocessor (interpolation floors), boxes scaled as the model does."""
+    cfg = small_cfg(**{"INPUT.MIN_SIZE_TRAIN": "(200, 256)", "INPUT.RESIZE_IN_MODEL": True})
+    dicts = random_dicts(6, seed=8, crowd=True)
+    gt = collect_ground_truth(cfg, dicts, 32)
+    model = build_model(cfg).train()
+    expected, padded = [], []
+    for d in dicts:
+        boxes = torch.tensor([a["bbox"] for a in d["annotations"] if not a["iscrowd"]]).reshape(-1, 4)
+        if not len(boxes):
+            continue
+        for short in (200, 256):
+            model.preprocessor.min_size_train = [short]
+            images = model.preprocess_image([{"image": torch.zeros(3, d["height"], d["width"], dtype=torch.uint8)}])
+            (oh, ow), b = images.image_sizes[0], Boxes(boxes.clone())
+            b.scale(ow / d["width"], oh / d["height"])
+            expected.append(b.tensor)
+            padded += [list(images.tensor.shape[-2:])] * len(boxes)
+    assert {tuple(p) for p in padded} != {(256, 416)}  # several padded sizes: the check is not vacuous
+    torch.testing.assert_close(gt.boxes, torch.cat(expected), atol=1e-3, rtol=0)
+    assert gt.padded_hw.tolist() == padded
 
 
 def test_report_buckets_and_table():
