@@ -146,7 +146,7 @@ def check_tensorrt_limits(num_levels: int, topk_candidates: int, max_detections:
         f"(MODEL.RETINANET.TOPK_CANDIDATES_TEST) = {candidates} boxes per image, but TensorRT's NMS layer considers "
         f"only the {NMS_MAX_BOXES} highest-scoring boxes per image ({NMS_MAX_BOXES_SM53_62} on SM 5.3/6.2 Jetsons): "
         f"the engine may drop detections that onnxruntime and PyTorch keep. Set MODEL.RETINANET.TOPK_CANDIDATES_TEST "
-        f"to at most {NMS_MAX_BOXES // max(int(num_levels), 1)} for identical results."
+        f"to at most {NMS_MAX_BOXES // max(int(num_levels), 1)} so that TensorRT sees every candidate."
     ]
 
 
