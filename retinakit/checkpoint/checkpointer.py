@@ -11,10 +11,14 @@ Files: ``OUTPUT_DIR/model_{iter:07d}.pth``, ``model_final.pth`` and ``last_check
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import logging
 import os
 import random
 import re
+import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +34,11 @@ logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last_checkpoint"
 _ITER_RE = re.compile(r"model_(\d+)\.pth$")
+# Test hook of the crash-and-resume tests: "STAGE:NAME" stops the process at that stage of
+# saving checkpoint NAME (announced on stderr) until it is killed. Stages: "tmp_written" (temp
+# file complete, not renamed), "renamed" (file in place, last_checkpoint not updated yet),
+# "saved" (both done).
+PAUSE_ENV = "RETINAKIT_TEST_CHECKPOINT_PAUSE"
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -38,7 +47,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 # ---------------------------------------------------------------------------- RNG state
 def get_rng_state() -> dict[str, Any]:
-    """RNG states of python, numpy, torch (CPU) and CUDA, as tensors and numbers."""
+    """RNG states of python, numpy, torch (CPU) and every CUDA device (once CUDA is in use),
+    as tensors and numbers."""
     version, py_state, gauss = random.getstate()
     _, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
     state: dict[str, Any] = {
@@ -70,7 +80,10 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # One state per device of the saving process; a machine with fewer devices restores
+        # those it has (each process of a DDP run uses only its own device).
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
 
 
 # ---------------------------------------------------------------------------- file I/O
@@ -87,6 +100,13 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _pause_point(stage: str, name: str) -> None:
+    """The :data:`PAUSE_ENV` test hook: stop here when it names this stage and checkpoint."""
+    if os.environ.get(PAUSE_ENV) == f"{stage}:{name}":
+        print(f"CHECKPOINT_PAUSE {stage}:{name}", file=sys.stderr, flush=True)
+        time.sleep(600)
+
+
 def atomic_write_bytes(path: str, writer: Any) -> None:
     """Write through ``writer(fileobj)`` to a temp file, flush, fsync, rename onto ``path``."""
     d = os.path.dirname(os.path.abspath(path))
@@ -96,6 +116,7 @@ def atomic_write_bytes(path: str, writer: Any) -> None:
             writer(f)
             f.flush()
             os.fsync(f.fileno())
+        _pause_point("tmp_written", os.path.basename(path))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -175,10 +196,21 @@ class Checkpointer:
         os.makedirs(self.save_dir, exist_ok=True)
         path = os.path.join(self.save_dir, f"{name}.pth")
         atomic_torch_save(data, path)
+        _pause_point("renamed", os.path.basename(path))
         # Only now that the checkpoint is complete on disk does last_checkpoint move.
         atomic_write_bytes(os.path.join(self.save_dir, LAST_CHECKPOINT), lambda f: f.write(os.path.basename(path).encode()))
+        self._remove_stale_temp_files(path)
         logger.info(f"Saved checkpoint {path}")
+        _pause_point("saved", os.path.basename(path))
         return path
+
+    @staticmethod
+    def _remove_stale_temp_files(path: str) -> None:
+        """Delete temp files of ``path`` left by killed processes (it is complete now)."""
+        d, base = os.path.split(path)
+        for tmp in glob.glob(os.path.join(glob.escape(d), f".{glob.escape(base)}.tmp.*")):
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
 
     # -- discovery -------------------------------------------------------------------
     def has_checkpoint(self) -> bool:
