@@ -16,7 +16,17 @@ import os
 
 import torch
 
-__all__ = ["REBUILD_HINT", "ExtensionNotBuiltError", "extension_available", "load_error", "reference_allowed"]
+__all__ = [
+    "CUDA_OPS",
+    "REBUILD_HINT",
+    "ExtensionNotBuiltError",
+    "cuda_unavailable_reason",
+    "extension_available",
+    "has_cuda",
+    "load_error",
+    "missing_cuda_kernels",
+    "reference_allowed",
+]
 
 ENV_ALLOW_REFERENCE = "RETINAKIT_ALLOW_REFERENCE_OPS"
 REBUILD_HINT = (
@@ -25,6 +35,9 @@ REBUILD_HINT = (
     "reference ops instead, set MODEL.POSTPROCESSOR.ALLOW_REFERENCE_OPS True, pass allow_reference=True, "
     f"or set the environment variable {ENV_ALLOW_REFERENCE}=1."
 )
+
+# Ops of ``torch.ops.retinakit`` that have a CUDA kernel in ``_C/cuda/``.
+CUDA_OPS = ("nms", "batched_nms", "soft_nms", "decode_detections", "multiclass_nms")
 
 _STATE: dict = {"loaded": None, "error": None}
 
@@ -60,6 +73,39 @@ def load_error() -> str | None:
     """Why the extension did not load (``None`` when it did)."""
     _try_load()
     return _STATE["error"]
+
+
+def missing_cuda_kernels() -> list[str]:
+    """Qualified names (``retinakit::op``) of the ops of :data:`CUDA_OPS` without a CUDA kernel
+    (call only once the extension is loaded: unknown ops raise)."""
+    has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
+    return [f"retinakit::{op}" for op in CUDA_OPS if not has_kernel(f"retinakit::{op}", "CUDA")]
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why the compiled ops cannot run on CUDA here, or ``None`` when they can.
+
+    Checks, in order: the extension is loaded, a CUDA kernel is registered for every op of
+    :data:`CUDA_OPS` (an extension built without a CUDA toolkit has CPU kernels only), and
+    PyTorch sees a GPU.
+    """
+    if not _try_load():
+        return f"the compiled extension retinakit._C is not loaded ({_STATE['error']}). {REBUILD_HINT}"
+    missing = missing_cuda_kernels()
+    if missing:
+        return (
+            f"retinakit._C has no CUDA kernels for {', '.join(missing)}: it was built without CUDA. Rebuild it with a "
+            "CUDA toolkit (CUDA_HOME set; FORCE_CUDA=1 when no GPU is visible at build time)."
+        )
+    if not torch.cuda.is_available():
+        return f"the CUDA kernels are registered, but PyTorch sees no CUDA GPU (torch {torch.__version__}, CUDA {torch.version.cuda})."
+    return None
+
+
+def has_cuda() -> bool:
+    """True when the compiled ops can run on CUDA tensors: extension loaded, CUDA kernels
+    registered for every op, and a GPU visible. :func:`cuda_unavailable_reason` says why not."""
+    return cuda_unavailable_reason() is None
 
 
 def reference_allowed(allow_reference: bool = False) -> bool:

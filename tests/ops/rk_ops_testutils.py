@@ -8,7 +8,7 @@ from torch import Tensor
 from retinakit import ops
 
 needs_ext = pytest.mark.skipif(not ops.extension_available(), reason=f"retinakit._C not built: {ops.load_error()}")
-has_cuda = torch.cuda.is_available() and ops.extension_available()
+has_cuda = ops.has_cuda()  # extension loaded, CUDA kernels registered, GPU visible
 
 KINDS = ("normal", "zero_area", "inverted", "identical", "huge", "outside", "ties")
 
