@@ -62,7 +62,8 @@ class EndToEndModule(_Trunk):
     coordinates (clipped to each image's ``image_sizes``), ``scores [N, D]`` float32 and
     ``classes [N, D]`` int32 (``-1`` in padding rows), ``D = max_detections``, rows by
     decreasing score. Same selection as ``RetinaNetPostProcessor`` (threshold, per-level
-    top-k, delta decode with weights and clamp, clip, per-class or class-agnostic NMS).
+    top-k, delta decode with weights and clamp, clip, empty-box filter when its
+    ``filter_empty_boxes`` is set, per-class or class-agnostic NMS).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -94,6 +95,7 @@ class EndToEndModule(_Trunk):
         self.nms_thresh = float(pp.nms_thresh)
         self.max_detections = int(pp.max_detections)
         self.agnostic = pp.nms_type == "agnostic"
+        self.filter_empty_boxes = bool(getattr(pp, "filter_empty_boxes", False))
         gen = model.anchor_generator
         if not hasattr(gen, "cell_anchors") or not hasattr(gen, "strides"):
             raise ValueError(f"End-to-end export needs DefaultAnchorGenerator-like anchors; got {type(gen).__name__}.")
@@ -159,6 +161,8 @@ class EndToEndModule(_Trunk):
         d = torch.gather(d, 1, anchor_idx[:, :, None].expand(n, self.topk, 4))
         anchors = self._anchors(level, feat, image_hw[0], image_hw[1])[anchor_idx]  # [N, k, 4]
         boxes = self._decode(d, anchors, image_sizes)
+        if self.filter_empty_boxes:  # as drop_empty_candidates: zero width/height or NaN -> not a candidate
+            valid = valid & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
         return boxes, torch.where(valid, top_scores, torch.full_like(top_scores, -1.0)), classes
 
     def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
