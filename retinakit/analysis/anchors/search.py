@@ -77,7 +77,7 @@ class _Objective:
         return float((best >= self.threshold).float().mean()) + self.iou_weight * float(best.mean())
 
 
-Params = tuple[list[list[float]], list[float], list[list[float]]]  # sizes per level, octave scales, [aspect ratios]
+_Params = tuple[list[list[float]], list[float], list[list[float]]]  # sizes per level, octave scales, [aspect ratios]
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class _Space:
     n_o: int
     n_r: int
 
-    def unpack(self, v: Sequence[float]) -> Params:
+    def unpack(self, v: Sequence[float]) -> _Params:
         """Log-space vector -> ``(sizes, octave_scales, [aspect_ratios])``."""
         e = [math.exp(t) for t in v]
         k = self.n_lvl * self.n_s
@@ -160,7 +160,7 @@ def _local_search(f: _Objective, space: _Space, x: list[float], score: float, ma
     return score, x
 
 
-def _rounded(params: Params) -> Params:
+def _rounded(params: _Params) -> _Params:
     """Phase 4: values rounded for the config file (sizes 0.1 / 0.01 px, scales and ratios 0.001), sorted."""
     sizes, octaves, ratios = params
     return ([sorted(_round(v) for v in s) for s in sizes], sorted(round(o, 3) for o in octaves),
