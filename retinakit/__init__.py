@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "analysis",
     "checkpoint",
     "config",
     "data",

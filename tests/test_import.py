@@ -13,7 +13,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUBPACKAGES = ["checkpoint", "config", "data", "engine", "evaluation", "export", "modeling", "ops", "structures", "utils"]
+SUBPACKAGES = ["analysis", "checkpoint", "config", "data", "engine", "evaluation", "export", "modeling", "ops", "structures", "utils"]
 # Modules of the optional extras ([deploy], [dali], [tensorrt]) and heavy optional tools.
 OPTIONAL = ["onnx", "onnxruntime", "onnxscript", "modelopt", "tensorrt", "nvidia.dali", "tensorboard",
             "torch.utils.tensorboard", "matplotlib", "cv2", "pycuda"]
