@@ -5,11 +5,7 @@
 
 #include <math.h>
 
-#if defined(__CUDACC__)
-#define RK_HD __host__ __device__ __forceinline__
-#else
-#define RK_HD inline
-#endif
+#include "rk_exp.h"  // RK_HD, rk_expf (one exp for host and device), sigmoidf_rk
 
 namespace retinakit {
 
@@ -59,8 +55,8 @@ RK_HD void decode_clip_box(const float* anchor, float d0, float d1, float d2, fl
   dh = (dh > scale_clamp) ? scale_clamp : dh;
   const float pcx = dx * aw + cx;
   const float pcy = dy * ah + cy;
-  const float hw = 0.5f * (expf(dw) * aw);
-  const float hh = 0.5f * (expf(dh) * ah);
+  const float hw = 0.5f * (rk_expf(dw) * aw);
+  const float hh = 0.5f * (rk_expf(dh) * ah);
   const float v[4] = {pcx - hw, pcy - hh, pcx + hw, pcy + hh};
   const float lim[4] = {img_w, img_h, img_w, img_h};
   for (int j = 0; j < 4; ++j) {
@@ -68,8 +64,5 @@ RK_HD void decode_clip_box(const float* anchor, float d0, float d1, float d2, fl
     out[j] = (x < 0.f) ? 0.f : ((x > lim[j]) ? lim[j] : x);
   }
 }
-
-// sigmoid(x) in float32: 1 / (1 + exp(-x)).
-RK_HD float sigmoidf_rk(float x) { return 1.f / (1.f + expf(-x)); }
 
 }  // namespace retinakit

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cpu/nms_core.h"
+#include "cuda/launch_limits.h"
 
 namespace retinakit {
 
@@ -28,6 +29,13 @@ inline void check_idxs(const char* op, const at::Tensor& idxs, int64_t n) {
   TORCH_CHECK(idxs.dim() == 1 && idxs.size(0) == n, "retinakit.ops.", op, ": idxs must be [N] with N = ", n, ", got ",
               idxs.sizes());
   TORCH_CHECK(!idxs.is_floating_point() && !idxs.is_complex(), "retinakit.ops.", op, ": idxs must be integer");
+}
+
+// Called by the CUDA glue before launching: `count` (images, boxes) must fit the grid
+// dimension that holds it (`limit` is derived from kCudaMaxGridYZ).
+inline void check_cuda_grid(const char* op, int64_t count, int64_t limit, const char* what, const char* advice) {
+  TORCH_CHECK(count <= limit, "retinakit.ops.", op, ": the CUDA kernel takes at most ", limit, " ", what,
+              " (CUDA grid limit: ", kCudaMaxGridYZ, " blocks in y and z), got ", count, "; ", advice);
 }
 
 inline cpu::SoftMethod parse_soft_method(c10::string_view method) {

@@ -15,6 +15,12 @@ Conventions shared by all NMS ops:
 * Order is decreasing score, ties broken by the lower index.
 * Boxes whose score is NaN or +/-Inf are never kept.
 * float16/bfloat16 boxes and scores are computed in float32; float64 stays float64.
+
+Every float32 exp (the sigmoid of the logits, the box decode's exp(dw), soft-NMS's gaussian
+decay) is :func:`exp_f32`, the same operation sequence as the kernels' ``rk_expf``
+(``retinakit/_C/rk_exp.h``): device and glibc ``expf`` differ by an ulp, and so do
+``torch.exp`` on CPU and CUDA, so one explicit exp makes CPU, CUDA and this reference agree
+bit for bit. It is within 1 ulp of the true exp.
 """
 from __future__ import annotations
 
@@ -28,11 +34,74 @@ __all__ = [
     "batched_nms",
     "box_iou_matrix",
     "decode_detections",
+    "exp_f32",
     "multiclass_nms",
     "nms",
     "select_candidates",
+    "sigmoid_f32",
     "soft_nms",
 ]
+
+# rk_expf's float32 constants (hex: exact on both sides).
+_LOG2E = float.fromhex("0x1.715476p+0")
+_LN2_HI = float.fromhex("0x1.62e430p-1")
+_LN2_LO = -float.fromhex("0x1.05c610p-29")
+_TAYLOR = [float.fromhex(h) for h in ("0x1.a01a02p-13", "0x1.6c16c2p-10", "0x1.111112p-7", "0x1.555556p-5", "0x1.555556p-3")]
+
+
+def _fma_f32(a: Tensor, b: Tensor | float, c: Tensor | float) -> Tensor:
+    """Correctly rounded float32 ``a * b + c`` (C's ``fmaf``) of float32 values, elementwise.
+
+    ``a * b`` is exact in float64; the float64 sum is rounded to odd (an inexact sum gets an
+    odd last bit), after which rounding to float32 is correct (53 >= 24 + 2 bits).
+    """
+    p = a.double() * b
+    c64 = torch.as_tensor(c, dtype=torch.float64, device=a.device)
+    s = p + c64
+    t = s - p
+    err = (p - (s - t)) + (c64 - t)  # exact s - (p + c) up to sign (TwoSum)
+    even = (s.view(torch.int64) & 1) == 0
+    towards = torch.where(err > 0, math.inf, -math.inf).to(torch.float64)
+    s = torch.where((err != 0) & even, torch.nextafter(s, towards), s)
+    return s.float()
+
+
+def _pow2_f32(k: Tensor) -> Tensor:
+    """Exact float32 ``2**k`` of int32 ``k`` in [-126, 127] (built from the exponent bits)."""
+    return ((k + 127) << 23).view(torch.float32)
+
+
+def exp_f32(x: Tensor) -> Tensor:
+    """float32 ``exp(x)`` computed as the kernels' ``rk_expf`` (same bits): ``x [*] -> [*]``.
+
+    ``x = n ln2 + r`` (two-part ln2, fmaf steps), degree-7 Taylor polynomial of ``exp(r)``
+    by Horner with fmaf, times ``2**n`` as two exact scalings. NaN stays NaN, ``x > 89`` gives
+    inf, ``x < -104`` gives 0.
+    """
+    x = x.float()
+    xs = torch.where((x > 89) | (x < -104) | torch.isnan(x), torch.zeros_like(x), x)
+    n = torch.round(xs * _LOG2E)  # ties to even, like rintf
+    r = _fma_f32(-n, _LN2_HI, xs)
+    r = _fma_f32(-n, _LN2_LO, r)
+    p = torch.full_like(r, _TAYLOR[0])
+    for c in (*_TAYLOR[1:], 0.5, 1.0, 1.0):
+        p = _fma_f32(p, r, c)
+    k = n.to(torch.int32)
+    k1 = torch.div(k, 2, rounding_mode="trunc")
+    e = (p * _pow2_f32(k1)) * _pow2_f32(k - k1)
+    e = torch.where(x > 89, math.inf, torch.where(x < -104, 0.0, e))
+    return torch.where(torch.isnan(x), x, e)
+
+
+def sigmoid_f32(x: Tensor) -> Tensor:
+    """float32 ``1 / (1 + exp_f32(-x))`` (the kernels' sigmoid): ``x [*] -> [*]``."""
+    d = 1 + exp_f32(-x)
+    return torch.div(torch.ones_like(d), d)
+
+
+def _exp_like(x: Tensor) -> Tensor:
+    """exp in x's precision: :func:`exp_f32` for float32, ``torch.exp`` for float64."""
+    return torch.exp(x) if x.dtype == torch.float64 else exp_f32(x)
 
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
@@ -121,7 +190,8 @@ def soft_nms(
     ``linear``: ``1 - iou`` when ``iou > iou_threshold``; ``gaussian``: ``exp(-iou^2 / sigma)``
     for every ``iou > 0``. Boxes whose current score drops below ``score_threshold`` (and
     non-finite scores) are discarded. Returns ``keep [K]`` int64 in selection order and
-    ``new_scores [K]`` (their scores when selected, non-increasing).
+    ``new_scores [K]`` (their scores when selected: non-increasing for non-negative scores; a
+    decayed negative score grows toward 0, so it may be selected later with a higher score).
     """
     if method not in ("linear", "gaussian"):
         raise ValueError(f"soft_nms method must be 'linear' or 'gaussian', got {method!r}.")
@@ -144,12 +214,22 @@ def soft_nms(
             hit = hit & (r.double() > iou_threshold)
             decay = 1 - r
         else:
-            decay = torch.exp(-(r * r) / sigma)
+            decay = _exp_like(-(r * r) / sigma)
         cur = torch.where(hit, cur * decay, cur)
         alive = alive & (cur.double() >= score_threshold)
     k = torch.as_tensor(keep, dtype=torch.int64, device=boxes.device)
     s = torch.stack(new_scores) if new_scores else cur.new_zeros(0)
     return k, s.to(torch.float32) if dt != torch.float64 else s
+
+
+def _logit_prefilter(thresh: float) -> float:
+    """Logit below which ``sigmoid > thresh`` is impossible (with a margin; as the kernels)."""
+    if not thresh > 0:
+        return -math.inf
+    if thresh >= 1:
+        return math.inf
+    lg = math.log(thresh) - math.log1p(-thresh)
+    return lg - 1e-3 * (1 + abs(lg))
 
 
 def select_candidates(
@@ -165,10 +245,13 @@ def select_candidates(
     for n in range(n_img):
         per_level = []
         for logits in cls_logits:
-            s = logits[n].float().permute(1, 2, 0).reshape(-1).sigmoid()
-            idx = torch.nonzero(s > score_thresh).flatten()
-            order = torch.sort(s[idx], descending=True, stable=True).indices[:topk]
-            per_level.append((idx[order], s[idx[order]]))
+            x = logits[n].float().permute(1, 2, 0).reshape(-1)
+            cand = torch.nonzero(x > _logit_prefilter(score_thresh)).flatten()
+            s = sigmoid_f32(x[cand])
+            keep = s > score_thresh
+            idx, s = cand[keep], s[keep]
+            order = torch.sort(s, descending=True, stable=True).indices[:topk]
+            per_level.append((idx[order], s[order]))
         out.append(per_level)
     return out
 
@@ -186,8 +269,8 @@ def decode_boxes(deltas: Tensor, anchors: Tensor, weights: Sequence[float], scal
     dh = torch.clamp(d[:, 3] / weights[3], max=scale_clamp)
     pcx = dx * w + cx
     pcy = dy * h + cy
-    hw = 0.5 * (torch.exp(dw) * w)
-    hh = 0.5 * (torch.exp(dh) * h)
+    hw = 0.5 * (exp_f32(dw) * w)
+    hh = 0.5 * (exp_f32(dh) * h)
     return torch.stack((pcx - hw, pcy - hh, pcx + hw, pcy + hh), dim=1)
 
 

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <numeric>
+#include <queue>
 #include <vector>
 
 #include "box_iou.h"
@@ -136,15 +137,45 @@ void soft_nms_group(const T* boxes, const T* scores, const int64_t* idx, int64_t
       if (method == SoftMethod::kLinear) {
         if (static_cast<double>(o) > iou_thr) cur[p] = cur[p] * (T(1) - o);
       } else {
-        cur[p] = cur[p] * std::exp(-(o * o) / sig);
+        cur[p] = cur[p] * rk_exp(-(o * o) / sig);  // same bits as the CUDA kernel
       }
       alive[p] = static_cast<double>(cur[p]) >= score_thr;
     }
   }
 }
 
-// Per-category soft-NMS over all n boxes: (index, new score) by decreasing new score, ties
-// by lower index (equal to running the global algorithm).
+// Merges per-category selection runs into the order of the global algorithm (one category
+// never changes another's scores): repeatedly take the run head with the highest score, ties
+// by lower index. The same as sorting when every run is non-increasing, but a negative score
+// grows toward 0 when decayed, so a run need not be (scores [-0.5, -0.06] stay in that order).
+template <typename T>
+std::vector<std::pair<int64_t, T>> merge_selection_runs(const std::vector<std::vector<std::pair<int64_t, T>>>& runs) {
+  using Head = std::pair<size_t, size_t>;  // (run, position in run)
+  auto after = [&](const Head& a, const Head& b) {
+    const auto& x = runs[a.first][a.second];
+    const auto& y = runs[b.first][b.second];
+    return score_before(y.second, y.first, x.second, x.first);
+  };
+  std::priority_queue<Head, std::vector<Head>, decltype(after)> heads(after);
+  size_t total = 0;
+  for (size_t g = 0; g < runs.size(); ++g) {
+    total += runs[g].size();
+    if (!runs[g].empty()) heads.push({g, 0});
+  }
+  std::vector<std::pair<int64_t, T>> res;
+  res.reserve(total);
+  while (!heads.empty()) {
+    const Head h = heads.top();
+    heads.pop();
+    res.push_back(runs[h.first][h.second]);
+    if (h.second + 1 < runs[h.first].size()) heads.push({h.first, h.second + 1});
+  }
+  return res;
+}
+
+// Per-category soft-NMS over all n boxes: (index, score when selected) in the selection order
+// of the global algorithm (each step: highest current score, ties by lower index), as
+// retinakit/ops/reference.py's soft_nms.
 template <typename T>
 std::vector<std::pair<int64_t, T>> soft_nms_pairs(const T* boxes, const T* scores, const int64_t* cats, int64_t n,
                                                   SoftMethod method, double sigma, double iou_thr, double score_thr) {
@@ -159,10 +190,7 @@ std::vector<std::pair<int64_t, T>> soft_nms_pairs(const T* boxes, const T* score
       soft_nms_group(boxes, scores, grouped.data() + bounds[g], bounds[g + 1] - bounds[g], method, sigma, iou_thr,
                      score_thr, per[g]);
   });
-  std::vector<std::pair<int64_t, T>> res;
-  for (auto& v : per) res.insert(res.end(), v.begin(), v.end());
-  std::sort(res.begin(), res.end(), [](const auto& a, const auto& b) { return score_before(a.second, a.first, b.second, b.first); });
-  return res;
+  return merge_selection_runs(per);
 }
 
 }  // namespace cpu

@@ -10,6 +10,7 @@
 
 #include "cuda/decode_kernels.cuh"
 #include "decode_checks.h"
+#include "op_checks.h"
 
 namespace retinakit {
 namespace cuda {
@@ -32,6 +33,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode_cuda(at::Tenso
   const int64_t m = decode_capacity(shapes, topk);
   auto [out_b, out_s, out_c, out_n] = alloc_detections(n_img, m, cls[0].options());
   if (m == 0 || n_img == 0) return {out_b, out_s, out_c, out_n};
+  check_cuda_grid("decode_detections", n_img, kCudaMaxGridYZ, "images per call",
+                  "split the batch into chunks of at most 65535 images");
   int64_t cap = 0;
   for (const auto& s : shapes) {
     TORCH_CHECK(s.count() < INT_MAX, "retinakit.ops.decode_detections: a level has ", s.count(), " scores (max ", INT_MAX, ")");

@@ -7,6 +7,10 @@
 // index. A collect pass then writes the <= k selected (score, index) pairs per segment, and
 // after a per-segment sort (done by the caller) a decode pass writes the boxes.
 // Everything stays on the device: no host synchronisation.
+//
+// Every kernel is a template (those without a type parameter take an unused int), so that
+// two translation units including this header link together (no duplicate definitions).
+// Images run on gridDim.y: at most kCudaMaxGridYZ images per launch.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -15,6 +19,7 @@
 #include <stdint.h>
 
 #include "box_iou.h"
+#include "cuda/launch_limits.h"
 
 namespace retinakit {
 namespace cuda {
@@ -84,6 +89,7 @@ __global__ void topk_hist_kernel(const T* __restrict__ logits, LevelArgs a, floa
 }
 
 // One thread per segment: fix the digit at `shift` of the k-th largest key.
+template <int kUnused = 0>
 __global__ void topk_find_kernel(SegSelect* __restrict__ st, const unsigned int* __restrict__ hist, int S, int topk,
                                  int phase, int shift) {
   const int seg = blockIdx.x * blockDim.x + threadIdx.x;
@@ -151,6 +157,7 @@ __global__ void topk_collect_kernel(const T* __restrict__ logits, LevelArgs a, f
 // Decode the (sorted) candidates of one level into the packed outputs.
 // deltas: [N, 4A, HW] float; anchors [HW*A, 4] float; sizes [N, 2] int64 (h, w);
 // seg_offset [S] first output row of the segment inside its image.
+template <int kUnused = 0>
 __global__ void decode_write_kernel(const float* __restrict__ cand_score, const int* __restrict__ cand_idx,
                                     const int* __restrict__ seg_count, const long long* __restrict__ seg_offset, LevelArgs a,
                                     int cap, const float* __restrict__ deltas, const float* __restrict__ anchors,
@@ -190,7 +197,7 @@ void launch_topk_hist(const T* logits, const LevelArgs& a, int N, float pre, flo
 
 inline void launch_topk_find(SegSelect* st, const unsigned int* hist, int S, int topk, int phase, int shift,
                              cudaStream_t stream) {
-  topk_find_kernel<<<(S + 127) / 128, 128, 0, stream>>>(st, hist, S, topk, phase, shift);
+  topk_find_kernel<><<<(S + 127) / 128, 128, 0, stream>>>(st, hist, S, topk, phase, shift);
 }
 
 template <typename T>
@@ -205,7 +212,7 @@ inline void launch_decode_write(const float* cand_score, const int* cand_idx, co
                                 const float* anchors, const long long* sizes, const float* w4, float scale_clamp, int M,
                                 float* out_boxes, float* out_scores, long long* out_classes, cudaStream_t stream) {
   const dim3 grid(grid_for(cap, 128, 1, 64), N);
-  decode_write_kernel<<<grid, 128, 0, stream>>>(cand_score, cand_idx, seg_count, seg_offset, a, cap, deltas, anchors, sizes,
+  decode_write_kernel<><<<grid, 128, 0, stream>>>(cand_score, cand_idx, seg_count, seg_offset, a, cap, deltas, anchors, sizes,
                                                 w4[0], w4[1], w4[2], w4[3], scale_clamp, M, out_boxes, out_scores,
                                                 out_classes);
 }

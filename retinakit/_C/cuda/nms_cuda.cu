@@ -28,9 +28,13 @@ std::tuple<at::Tensor, at::Tensor> sort_valid(const at::Tensor& scores, const at
 
 // Bitmask NMS of boxes [N, M, 4] / scores [N, M] (cats [N, M] or undefined = agnostic).
 // Returns (order [N, M], kept [N, M] uint8 over positions of order).
-std::tuple<at::Tensor, at::Tensor> bitmask_nms(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& cats,
-                                               const at::Tensor& num_valid, double thr, int64_t max_keep) {
+std::tuple<at::Tensor, at::Tensor> bitmask_nms(const char* op, const at::Tensor& boxes, const at::Tensor& scores,
+                                               const at::Tensor& cats, const at::Tensor& num_valid, double thr,
+                                               int64_t max_keep) {
   const int64_t n = boxes.size(0), m = boxes.size(1);
+  check_cuda_grid(op, n, kCudaMaxGridYZ, "images per call", "split the batch into chunks of at most 65535 images");
+  check_cuda_grid(op, m, kCudaMaxGridYZ * kNmsBlock, "boxes per image",
+                  "keep fewer candidates (a higher score threshold or a smaller top-k) or run this op on CPU");
   auto [order, counts] = sort_valid(scores, num_valid);
   const at::Tensor sboxes = boxes.gather(1, order.unsqueeze(2).expand({n, m, 4})).contiguous();
   at::Tensor scats;
@@ -52,26 +56,27 @@ std::tuple<at::Tensor, at::Tensor> bitmask_nms(const at::Tensor& boxes, const at
   return {order, kept};
 }
 
-at::Tensor single_nms(const at::Tensor& boxes_in, const at::Tensor& scores_in, const at::Tensor& idxs_in, double thr) {
+at::Tensor single_nms(const char* op, const at::Tensor& boxes_in, const at::Tensor& scores_in, const at::Tensor& idxs_in,
+                      double thr) {
   c10::cuda::CUDAGuard guard(boxes_in.device());
   const at::Tensor boxes = compute_dtype(boxes_in).contiguous();
   const at::Tensor scores = scores_in.to(boxes.scalar_type());
   if (boxes.size(0) == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
   at::Tensor cats;
   if (idxs_in.defined()) cats = idxs_in.to(at::kLong).unsqueeze(0);
-  auto [order, kept] = bitmask_nms(boxes.unsqueeze(0), scores.unsqueeze(0), cats, at::Tensor(), thr, boxes.size(0));
+  auto [order, kept] = bitmask_nms(op, boxes.unsqueeze(0), scores.unsqueeze(0), cats, at::Tensor(), thr, boxes.size(0));
   return order[0].masked_select(kept[0].to(at::kBool));  // host sync: the output length is data dependent
 }
 
 at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double thr) {
   check_boxes_scores("nms", boxes, scores);
-  return single_nms(boxes, scores, at::Tensor(), thr);
+  return single_nms("nms", boxes, scores, at::Tensor(), thr);
 }
 
 at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double thr) {
   check_boxes_scores("batched_nms", boxes, scores);
   check_idxs("batched_nms", idxs, boxes.size(0));
-  return single_nms(boxes, scores, idxs, thr);
+  return single_nms("batched_nms", boxes, scores, idxs, thr);
 }
 
 // Soft-NMS of padded batches: returns (idx [N, D] (-1 padding), score [N, D], count [N]).
@@ -135,7 +140,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multiclass_nms_cuda(
     std::tie(sel_idx, sel_score, det) =
         batched_soft(boxes, scores, classes, num_valid, meth, soft_sigma, iou_thr, soft_score_thr, max_det);
   } else {
-    auto [order, kept] = bitmask_nms(boxes, scores, type == NmsType::kBatched ? classes : at::Tensor(), num_valid, iou_thr, max_det);
+    const at::Tensor cats = type == NmsType::kBatched ? classes : at::Tensor();
+    auto [order, kept] = bitmask_nms("multiclass_nms", boxes, scores, cats, num_valid, iou_thr, max_det);
     const at::Tensor k = kept.to(at::kLong);
     const at::Tensor pos = k.cumsum(1) - 1;
     const at::Tensor slot = at::where(k.to(at::kBool) & (pos < max_det), pos, at::full({}, max_det, pos.options()));

@@ -6,12 +6,17 @@
 // mask[n, i, j / 64] when box j (j > i) overlaps box i with IoU > thr (and, when cats is
 // given, has the same category). nms_reduce_kernel walks the boxes in order, one 64-box
 // word at a time (one block per image, no single-block limit on M), and marks kept boxes.
+// Kernels are templates (nms_reduce_kernel takes an unused int) so that two translation
+// units including this header link together. Grid limits: N <= kCudaMaxGridYZ images (z)
+// and ceil(M / 64) <= kCudaMaxGridYZ column blocks (y); launch_bitmask_nms returns
+// cudaErrorInvalidConfiguration beyond them.
 #pragma once
 
 #include <cuda_runtime.h>
 #include <stdint.h>
 
 #include "box_iou.h"
+#include "cuda/launch_limits.h"
 
 namespace retinakit {
 namespace cuda {
@@ -61,6 +66,7 @@ __global__ void nms_mask_kernel(const T* __restrict__ boxes, const int64_t* __re
 
 // removed: [N, col_blocks] zero-initialised scratch. kept: [N, M] uint8 (zero-initialised).
 // Stops once max_keep boxes are kept in an image.
+template <int kUnused = 0>
 __global__ void nms_reduce_kernel(const unsigned long long* __restrict__ mask, const int64_t* __restrict__ counts, int M,
                                   int max_keep, unsigned long long* __restrict__ removed, uint8_t* __restrict__ kept) {
   const int n = blockIdx.x;
@@ -111,9 +117,10 @@ cudaError_t launch_bitmask_nms(const T* boxes, const int64_t* cats, const int64_
                                cudaStream_t stream) {
   if (N == 0 || M == 0) return cudaSuccess;
   const int cb = nms_col_blocks(M);
+  if (N > kCudaMaxGridYZ || cb > kCudaMaxGridYZ) return cudaErrorInvalidConfiguration;
   const dim3 grid(cb, cb, N);
   nms_mask_kernel<T><<<grid, kNmsBlock, 0, stream>>>(boxes, cats, counts, M, thr, mask);
-  nms_reduce_kernel<<<N, 256, 0, stream>>>(mask, counts, M, max_keep, removed, kept);
+  nms_reduce_kernel<><<<N, 256, 0, stream>>>(mask, counts, M, max_keep, removed, kept);
   return cudaGetLastError();
 }
 

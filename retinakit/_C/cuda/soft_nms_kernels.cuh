@@ -15,7 +15,8 @@ namespace cuda {
 
 constexpr int kSoftThreads = 256;
 
-// boxes [N, M, 4], scores [N, M], cats [N, M], counts [N]; cur [N, M] scratch.
+// boxes [N, M, 4], scores [N, M], cats [N, M] (nullptr: one category, never read), counts [N];
+// cur [N, M] scratch.
 // Outputs: out_idx [N, max_keep] (-1 padding), out_score [N, max_keep], out_count [N].
 // method: 0 linear, 1 gaussian.
 template <typename T>
@@ -26,7 +27,7 @@ __global__ void soft_nms_kernel(const T* __restrict__ boxes, const T* __restrict
   const int n = blockIdx.x, t = threadIdx.x;
   const int cnt = static_cast<int>(counts[n] < M ? (counts[n] > 0 ? counts[n] : 0) : M);
   const T* b = boxes + static_cast<int64_t>(n) * M * 4;
-  const int64_t* c = cats + static_cast<int64_t>(n) * M;
+  const int64_t* c = cats ? cats + static_cast<int64_t>(n) * M : nullptr;  // nullptr: class-agnostic
   T* s = cur + static_cast<int64_t>(n) * M;
   const T dead = -INFINITY;
   for (int i = t; i < cnt; i += blockDim.x) {
@@ -65,9 +66,9 @@ __global__ void soft_nms_kernel(const T* __restrict__ boxes, const T* __restrict
     ++kept;
     const T ax0 = b[best * 4 + 0], ay0 = b[best * 4 + 1], ax1 = b[best * 4 + 2], ay1 = b[best * 4 + 3];
     const T aa = box_area(ax0, ay0, ax1, ay1);
-    const int64_t ca = c[best];
+    const int64_t ca = c ? c[best] : 0;
     for (int i = t; i < cnt; i += blockDim.x) {
-      if (i == best || s[i] == dead || c[i] != ca) continue;
+      if (i == best || s[i] == dead || (c && c[i] != ca)) continue;
       const T bx0 = b[i * 4 + 0], by0 = b[i * 4 + 1], bx1 = b[i * 4 + 2], by1 = b[i * 4 + 3];
       const T o = box_iou(ax0, ay0, ax1, ay1, aa, bx0, by0, bx1, by1, box_area(bx0, by0, bx1, by1));
       if (!(o > T(0))) continue;
@@ -75,7 +76,7 @@ __global__ void soft_nms_kernel(const T* __restrict__ boxes, const T* __restrict
       if (method == 0) {
         if (static_cast<double>(o) > iou_thr) v = v * (T(1) - o);
       } else {
-        v = v * exp(-(o * o) / sigma);
+        v = v * rk_exp(-(o * o) / sigma);  // same bits as the CPU kernel
       }
       s[i] = static_cast<double>(v) >= score_thr ? v : dead;
     }
