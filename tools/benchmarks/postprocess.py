@@ -157,7 +157,8 @@ def plain_pipeline_fn(cls, box, anchors, sizes) -> Callable[[], Any]:
 def retinakit_fn(cls, box, anchors, sizes) -> Callable[[], Any]:
     from retinakit.modeling.postprocess import RetinaNetPostProcessor
 
-    pp = RetinaNetPostProcessor(box_coder=_Coder())
+    # torchvision keeps fully clipped (empty) boxes: the same selection, so that detections compare.
+    pp = RetinaNetPostProcessor(box_coder=_Coder(), filter_empty_boxes=False)
     return lambda: pp(cls, box, anchors, sizes)
 
 
