@@ -85,20 +85,22 @@ def condition_backbone_(model: nn.Module, run: Callable[[], object], seed: int =
 def set_conv_output_spread_(
     conv: nn.Conv2d, run: Callable[[], object], std: float, bias_mean: float, bias_std: float, g: torch.Generator,
 ) -> float:
-    """Rescale ``conv``'s weights so that its output without bias has standard deviation ``std``
-    over the inputs ``run()`` feeds it (all calls, e.g. every FPN level), and draw its bias from
-    ``N(bias_mean, bias_std)``. Returns the scale factor applied."""
+    """Rescale ``conv``'s weights so that its output has standard deviation ``std`` over the
+    inputs ``run()`` feeds it (all calls, e.g. every FPN level), and set its bias so that each
+    output channel's mean is ``N(bias_mean, bias_std)`` (no channel, i.e. no anchor or class,
+    dominates the high scores). Returns the scale factor applied to the weights."""
     inputs: list[Tensor] = []
     handle = conv.register_forward_pre_hook(lambda mod, args: inputs.append(args[0].detach()))
     try:
         run()
     finally:
         handle.remove()
-    outs = [F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups).flatten() for x in inputs]
-    factor = std / float(torch.cat(outs).std())
+    outs = [F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups) for x in inputs]
+    flat = torch.cat([o.transpose(0, 1).flatten(1) for o in outs], dim=1)  # [C_out, all positions]
+    factor = std / float((flat - flat.mean(dim=1, keepdim=True)).std())
     conv.weight.mul_(factor)
     if conv.bias is not None:
-        conv.bias.copy_(torch.randn(conv.bias.shape, generator=g) * bias_std + bias_mean)
+        conv.bias.copy_(torch.randn(conv.bias.shape, generator=g) * bias_std + bias_mean - flat.mean(dim=1) * factor)
     return factor
 
 
@@ -110,7 +112,7 @@ def condition_heads_(
     ``~N(logit_mean, logit_std)`` over locations (sigmoid scores from ~0.005 to ~0.7, rarely
     tied) and box deltas of standard deviation ``delta_std`` (boxes mostly inside the image)."""
     g = torch.Generator().manual_seed(seed)
-    set_conv_output_spread_(cls_conv, run, logit_std, logit_mean, 0.3, g)
+    set_conv_output_spread_(cls_conv, run, logit_std, logit_mean, 0.1, g)
     set_conv_output_spread_(box_conv, run, delta_std, 0.0, 0.02, g)
 
 
