@@ -6,6 +6,7 @@
 // its result does not depend on the compiler, FMA contraction flags or the math library:
 // host and device give the same bits. retinakit/ops/reference.py (exp_f32) reproduces it
 // operation by operation in torch. Error: < 1 ulp of the true exp (tests/ops/test_decode.py).
+// Subnormal results assume no flush-to-zero (nvcc's default -ftz=false; no --use_fast_math).
 #pragma once
 
 #include <math.h>
