@@ -4,8 +4,9 @@ The quickstart config (R10 backbone, GN head, GIoU loss, cosine LR, gradient cli
 tiny shapes split is trained without interruption, and again SIGKILLed at fixed points --
 mid-iteration (after the backward pass, before the optimizer step), while a checkpoint's
 temp file is complete but not renamed, after the rename but before ``last_checkpoint``
-moves, and right after a save -- then restarted with ``--resume``. Final model, optimizer,
-scheduler and EMA states must be bitwise equal, and so must every loss/LR row of
+moves, and right after a save -- then restarted with ``--resume``; once plain, once with
+gradient accumulation, EMA and fp16 AMP (grad scaler) together. Final model, optimizer,
+scheduler, EMA and grad-scaler states must be bitwise equal, and so must every loss/LR row of
 ``metrics.json`` (the rows are medians over the recent history, so this also checks that
 the history is restored). The kill points are deterministic: the process stops at them
 (``tests/engine/_resume_pause_hook.py`` and ``RETINAKIT_TEST_CHECKPOINT_PAUSE``) and waits.
@@ -33,7 +34,8 @@ pytestmark = pytest.mark.slow
 
 VARIANTS = {
     "plain": [],
-    "accum_ema": ["SOLVER.ACCUMULATE_STEPS", "2", "SOLVER.EMA.ENABLED", "True", "SOLVER.EMA.DECAY", "0.9"],
+    "accum_ema_fp16": ["SOLVER.ACCUMULATE_STEPS", "2", "SOLVER.EMA.ENABLED", "True", "SOLVER.EMA.DECAY", "0.9",
+                  "SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", "float16"],
 }
 
 
@@ -126,7 +128,7 @@ CHAINS = {
         ("", "renamed:model_0000005.pth", "model_0000002.pth"),  # in place, last_checkpoint not moved
         ("", "saved:model_0000005.pth", "model_0000005.pth"),  # right after a complete save
     ],
-    "accum_ema": [
+    "accum_ema_fp16": [
         ("after_backward:4", "", "model_0000002.pth"),
         ("", "saved:model_0000005.pth", "model_0000005.pth"),
     ],
@@ -140,8 +142,10 @@ def _assert_same_training(full: str, out: str, variant: str) -> None:
     for key in ("model", "optimizer", "scheduler"):
         _assert_equal(a[key], b[key], key)
     hooks_a, hooks_b = a["trainer"]["hooks"], b["trainer"]["hooks"]
-    assert ("EMAHook" in hooks_a) == (variant == "accum_ema")
+    assert ("EMAHook" in hooks_a) == (variant == "accum_ema_fp16")
     _assert_equal(hooks_a, hooks_b, "hooks")
+    assert ("grad_scaler" in a["trainer"]) == (variant == "accum_ema_fp16")  # fp16 AMP
+    _assert_equal(a["trainer"].get("grad_scaler"), b["trainer"].get("grad_scaler"), "grad_scaler")
     assert _loss_rows(full) == _loss_rows(out)
     assert sorted(_loss_rows(out)) == list(range(MAX_ITER))
     assert not [n for n in os.listdir(out) if ".tmp." in n], os.listdir(out)
@@ -167,9 +171,9 @@ def test_sigkill_and_resume_real_retinanet_is_bitwise(tmp_path, data_opts, unint
 
 
 def test_hook_named_in_config_sees_every_event_in_order(uninterrupted):
-    """The accumulation + EMA run: a hook from cfg.HOOKS gets each documented event once per
+    """The accumulation + EMA + fp16 AMP run: a hook from cfg.HOOKS gets each documented event once per
     iteration (after_backward once, after both micro-batches)."""
-    with open(os.path.join(uninterrupted("accum_ema"), "events.txt"), encoding="utf-8") as f:
+    with open(os.path.join(uninterrupted("accum_ema_fp16"), "events.txt"), encoding="utf-8") as f:
         events = [tuple(line.split()) for line in f]
     expected = [("before_train", "0")]
     for it in range(MAX_ITER):
