@@ -5,8 +5,9 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
-from .conftest import ort_run
+from .conftest import RANDOM_MODEL_SCORE_THRESH, model_testutils, ort_run
 
 pytest.importorskip("modelopt.onnx.quantization", reason="NVIDIA Model Optimizer (retinakit[deploy]) not installed")
 
@@ -35,11 +36,14 @@ def test_fp16_within_fp16_tolerance(e2e_onnx, calibration_data, tmp_path):
     assert read_metadata(path)["precision"] == "fp16"
     images, sizes = calibration_data["images"][:2], calibration_data["image_sizes"][:2]
     ref, got = ort_run(e2e_onnx, images, sizes), ort_run(path, images, sizes)
-    # Detections near the score threshold / NMS ties may swap: compare the top 20 per image.
+    # FP16 rounding (~1e-3 on logits and deltas) may flip NMS decisions within a wider margin.
+    tu = model_testutils()
+    nms = tu.NmsSettings(score_thresh=RANDOM_MODEL_SCORE_THRESH, nms_thresh=0.5, max_detections=100)
     for i in range(2):
-        n = min(20, int(ref[0][i]), int(got[0][i]))
-        np.testing.assert_allclose(got[2][i, :n], ref[2][i, :n], atol=2e-3)
-        np.testing.assert_allclose(got[1][i, :n], ref[1][i, :n], atol=0.5)
+        n = [int(out[0][i]) for out in (got, ref)]
+        dets = [tu.Detections(torch.as_tensor(out[1][i, :k]), torch.as_tensor(out[2][i, :k]), torch.as_tensor(out[3][i, :k]).long())
+                for out, k in zip((got, ref), n)]
+        tu.assert_same_detections(*dets, nms, score_tol=2e-3, box_rtol=3e-3, score_margin=1e-2, iou_margin=0.05, max_excluded=0.1)
 
 
 def test_int8_qdq_model_and_cache_round_trip(e2e_onnx, int8_from_images, tmp_path):
@@ -64,10 +68,15 @@ def test_int8_qdq_model_and_cache_round_trip(e2e_onnx, int8_from_images, tmp_pat
 
 
 def test_int8_close_to_fp32_head_outputs(e2e_onnx, int8_from_images, calibration_data):
-    """Q/DQ detections stay close to FP32 on the calibration distribution (same top scores)."""
+    """Q/DQ detections stay close to FP32 on the calibration distribution (same top scores).
+
+    The random model's scores depend on the image (rk_model_testutils conditioning), so INT8
+    rounding of every layer moves them by a few 1e-2; the bound is 15% of the best FP32 score
+    (a wrong scale or a dropped Q/DQ pair moves them by far more)."""
     images, sizes = calibration_data["images"][:2], calibration_data["image_sizes"][:2]
     ref, got = ort_run(e2e_onnx, images, sizes), ort_run(int8_from_images[0], images, sizes)
-    assert np.abs(np.sort(got[2][:, :10]) - np.sort(ref[2][:, :10])).max() < 5e-3
+    assert ref[2][:, 0].min() > 0.2, "the FP32 model should give confident detections"
+    assert np.abs(np.sort(got[2][:, :10]) - np.sort(ref[2][:, :10])).max() < 0.15 * ref[2][:, 0].max()
 
 
 def test_cache_errors(e2e_onnx, tmp_path):

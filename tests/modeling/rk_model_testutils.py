@@ -32,7 +32,9 @@ def residual_branch_ends(model: nn.Module) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def calibrate_norms_(model: nn.Module, run: Callable[[], object], norm_types: tuple[type, ...] = (FrozenBatchNorm2d,)) -> int:
+def calibrate_norms_(
+    model: nn.Module, run: Callable[[], object], norm_types: tuple[type, ...] = (FrozenBatchNorm2d, nn.BatchNorm2d),
+) -> int:
     """Set each norm's running mean/var to the statistics of its input while ``run()`` executes.
 
     Norms are calibrated in execution order (each sees inputs already normalised by the norms
@@ -46,6 +48,7 @@ def calibrate_norms_(model: nn.Module, run: Callable[[], object], norm_types: tu
         mod.running_var.copy_(x.var(dim=(0, 2, 3), unbiased=False))
 
     norms = [m for m in model.modules() if isinstance(m, norm_types)]
+    assert not any(m.training for m in norms), "calibrate norms in eval mode (they must use the running statistics)"
     handles = [m.register_forward_pre_hook(hook) for m in norms]
     try:
         run()
@@ -69,10 +72,11 @@ def randomize_norm_affine_(norms: Iterable[nn.Module], g: torch.Generator, dampe
 
 
 def condition_backbone_(model: nn.Module, run: Callable[[], object], seed: int = 0, damping: float = 0.3) -> None:
-    """Seeded frozen-BN affine parameters, damped residual branches and calibrated running
-    statistics (from ``run()``, a forward pass over some input): activations stay O(1)."""
+    """Seeded batch-norm (frozen or eval-mode) affine parameters, damped residual branches and
+    calibrated running statistics (from ``run()``, a forward pass over some input): activations
+    stay O(1)."""
     g = torch.Generator().manual_seed(seed)
-    norms = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    norms = [m for m in model.modules() if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d))]
     randomize_norm_affine_(norms, g, damped=residual_branch_ends(model), damping=damping)
     calibrate_norms_(model, run)
     with torch.no_grad():  # move statistics off the calibration batch (the fold must use them)
