@@ -71,7 +71,8 @@ def soft_nms(
         score_threshold: boxes whose decayed score falls below it are dropped.
 
     Returns:
-        ``keep [K]`` int64 in selection order and ``new_scores [K]`` float32 (non-increasing).
+        ``keep [K]`` int64 in selection order and ``new_scores [K]`` float32 (non-increasing for non-negative
+        scores; a decayed negative score grows toward 0, see the reference).
     """
     if method not in ("linear", "gaussian"):
         raise ValueError(f"soft_nms method must be 'linear' or 'gaussian', got {method!r}.")
