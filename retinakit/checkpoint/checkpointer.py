@@ -17,8 +17,6 @@ import logging
 import os
 import random
 import re
-import sys
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,11 +32,6 @@ logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last_checkpoint"
 _ITER_RE = re.compile(r"model_(\d+)\.pth$")
-# Test hook of the crash-and-resume tests: "STAGE:NAME" stops the process at that stage of
-# saving checkpoint NAME (announced on stderr) until it is killed. Stages: "tmp_written" (temp
-# file complete, not renamed), "renamed" (file in place, last_checkpoint not updated yet),
-# "saved" (both done).
-PAUSE_ENV = "RETINAKIT_TEST_CHECKPOINT_PAUSE"
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -100,13 +93,6 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _pause_point(stage: str, name: str) -> None:
-    """The :data:`PAUSE_ENV` test hook: stop here when it names this stage and checkpoint."""
-    if os.environ.get(PAUSE_ENV) == f"{stage}:{name}":
-        print(f"CHECKPOINT_PAUSE {stage}:{name}", file=sys.stderr, flush=True)
-        time.sleep(600)
-
-
 def atomic_write_bytes(path: str, writer: Any) -> None:
     """Write through ``writer(fileobj)`` to a temp file, flush, fsync, rename onto ``path``."""
     d = os.path.dirname(os.path.abspath(path))
@@ -116,7 +102,6 @@ def atomic_write_bytes(path: str, writer: Any) -> None:
             writer(f)
             f.flush()
             os.fsync(f.fileno())
-        _pause_point("tmp_written", os.path.basename(path))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -196,12 +181,10 @@ class Checkpointer:
         os.makedirs(self.save_dir, exist_ok=True)
         path = os.path.join(self.save_dir, f"{name}.pth")
         atomic_torch_save(data, path)
-        _pause_point("renamed", os.path.basename(path))
         # Only now that the checkpoint is complete on disk does last_checkpoint move.
         atomic_write_bytes(os.path.join(self.save_dir, LAST_CHECKPOINT), lambda f: f.write(os.path.basename(path).encode()))
         self._remove_stale_temp_files(path)
         logger.info(f"Saved checkpoint {path}")
-        _pause_point("saved", os.path.basename(path))
         return path
 
     @staticmethod

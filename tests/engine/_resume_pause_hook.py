@@ -5,6 +5,12 @@ with this folder on PYTHONPATH). ``RESUME_TEST_PAUSE=EVENT:ITER`` (e.g. ``after_
 prints ``PAUSE EVENT ITER`` on stderr at that event and iteration and waits to be killed.
 Without the variable it does nothing, so killed and uninterrupted runs have the same hooks.
 It also logs every event it sees to ``$RESUME_TEST_EVENTS`` (one ``EVENT ITER`` a line) when set.
+
+Importing it also wraps the checkpointer's file steps (in this test process only; the library
+has no test hook): ``RESUME_TEST_CHECKPOINT_PAUSE=STAGE:NAME`` stops the process at that stage
+of saving checkpoint NAME, announced as ``CHECKPOINT_PAUSE STAGE:NAME`` on stderr. Stages:
+``tmp_written`` (temp file complete, not renamed), ``renamed`` (file in place, ``last_checkpoint``
+not moved yet), ``saved`` (both done).
 """
 from __future__ import annotations
 
@@ -13,7 +19,50 @@ import sys
 import time
 from typing import Any
 
+from retinakit.checkpoint import checkpointer
 from retinakit.engine import HOOK_REGISTRY, HookBase
+
+CHECKPOINT_PAUSE_ENV = "RESUME_TEST_CHECKPOINT_PAUSE"
+
+
+def _wait_to_be_killed(announce: str) -> None:
+    print(announce, file=sys.stderr, flush=True)
+    time.sleep(600)
+
+
+def _checkpoint_pause(stage: str, path: str) -> None:
+    if os.environ.get(CHECKPOINT_PAUSE_ENV) == f"{stage}:{os.path.basename(path)}":
+        _wait_to_be_killed(f"CHECKPOINT_PAUSE {stage}:{os.path.basename(path)}")
+
+
+def _wrap_checkpointer() -> None:
+    """Pause points around the checkpointer's steps: the temp file's rename (``os.replace`` as
+    the checkpointer module calls it), the checkpoint file written, and ``Checkpointer.save``."""
+    real_os, real_save_file, real_save = checkpointer.os, checkpointer.atomic_torch_save, checkpointer.Checkpointer.save
+
+    class _Os:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real_os, name)
+
+        @staticmethod
+        def replace(src: str, dst: str) -> None:
+            _checkpoint_pause("tmp_written", dst)
+            real_os.replace(src, dst)
+
+    def atomic_torch_save(obj: Any, path: str) -> None:
+        real_save_file(obj, path)
+        _checkpoint_pause("renamed", path)
+
+    def save(self: Any, name: str, **extra: Any) -> Any:
+        path = real_save(self, name, **extra)
+        if path:
+            _checkpoint_pause("saved", path)
+        return path
+
+    checkpointer.os, checkpointer.atomic_torch_save, checkpointer.Checkpointer.save = _Os(), atomic_torch_save, save
+
+
+_wrap_checkpointer()
 
 
 class _Pause(HookBase):
@@ -26,8 +75,7 @@ class _Pause(HookBase):
             with open(self.events_file, "a", encoding="utf-8") as f:
                 f.write(f"{event} {it}\n")
         if self.when == f"{event}:{it}":
-            print(f"PAUSE {event} {it}", file=sys.stderr, flush=True)
-            time.sleep(600)
+            _wait_to_be_killed(f"PAUSE {event} {it}")
 
     def before_train(self) -> None:
         self._at("before_train")

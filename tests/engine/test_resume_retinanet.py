@@ -9,7 +9,7 @@ gradient accumulation, EMA and fp16 AMP (grad scaler) together. Final model, opt
 scheduler, EMA and grad-scaler states must be bitwise equal, and so must every loss/LR row of
 ``metrics.json`` (the rows are medians over the recent history, so this also checks that
 the history is restored). The kill points are deterministic: the process stops at them
-(``tests/engine/_resume_pause_hook.py`` and ``RETINAKIT_TEST_CHECKPOINT_PAUSE``) and waits.
+(``tests/engine/_resume_pause_hook.py``: a hook and wrappers of the checkpointer's steps) and waits.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ import sys
 import pytest
 import torch
 
-from retinakit.checkpoint.checkpointer import PAUSE_ENV
 from retinakit.data.datasets import ShapesSpec, generate_shapes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -120,7 +119,7 @@ def _loss_rows(out: str) -> dict[int, dict[str, float]]:
 
 # Each chain is one output dir killed at several points in turn, each kill followed by a
 # --resume that is itself killed at the next point (the last resume runs to the end):
-# (RESUME_TEST_PAUSE, RETINAKIT_TEST_CHECKPOINT_PAUSE, checkpoint the next resume starts from).
+# (RESUME_TEST_PAUSE, RESUME_TEST_CHECKPOINT_PAUSE, checkpoint the next resume starts from).
 CHAINS = {
     "plain": [
         ("after_backward:3", "", "model_0000002.pth"),  # mid-iteration: after backward, before the step
@@ -157,7 +156,7 @@ def test_sigkill_and_resume_real_retinanet_is_bitwise(tmp_path, data_opts, unint
     out = str(tmp_path / "killed")
     previous = ""  # the checkpoint the run about to start resumes from ("" for the first run)
     for pause, ckpt_pause, resume_from in CHAINS[variant]:
-        rc, log = _train(out, opts, resume=bool(previous), env={"RESUME_TEST_PAUSE": pause, PAUSE_ENV: ckpt_pause})
+        rc, log = _train(out, opts, resume=bool(previous), env={"RESUME_TEST_PAUSE": pause, "RESUME_TEST_CHECKPOINT_PAUSE": ckpt_pause})
         assert rc == -signal.SIGKILL, f"expected a kill at {pause or ckpt_pause}:\n{log}"
         assert not previous or f"Resuming from {os.path.join(out, previous)}" in log, log
         assert not os.path.exists(os.path.join(out, "model_final.pth"))
