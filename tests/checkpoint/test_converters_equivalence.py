@@ -258,7 +258,11 @@ class OdtkRetinaNet(nn.Module):
                 "ratios": self.ratios, "scales": self.scales}
 
     def randomize(self, seed: int) -> OdtkRetinaNet:
-        """Realistic BN statistics, varied head outputs and many confident candidates."""
+        """Well-conditioned random weights: calibrated BN statistics with damped residual
+        branches (features O(1)), class logits spread over locations with fewer candidates above
+        0.05 than the per-level top 1000 (no cut among near-ties), small box deltas."""
+        import torchvision
+
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for m in self.modules():
@@ -270,19 +274,40 @@ class OdtkRetinaNet(nn.Module):
                 elif isinstance(m, nn.BatchNorm2d):
                     m.weight.uniform_(0.5, 1.5, generator=g)
                     m.bias.normal_(0, 0.1, generator=g)
-            for head in (self.cls_head, self.box_head):
-                for m in head:
-                    if isinstance(m, nn.Conv2d):
-                        m.weight.mul_(0.3)
-            self.cls_head[-1].bias.copy_(torch.randn(self.cls_head[-1].bias.shape, generator=g) - 2.0)
             feats = next(iter(self.backbones.values())).features
+            for m in feats.modules():  # the last norm of each residual branch
+                if isinstance(m, (torchvision.models.resnet.BasicBlock, torchvision.models.resnet.Bottleneck)):
+                    (m.bn3 if hasattr(m, "bn3") else m.bn2).weight.mul_(0.3)
             for m in feats.modules():
                 if isinstance(m, nn.BatchNorm2d):
                     m.reset_running_stats()
                     m.momentum = None
             feats.train()
-            feats(torch.randn(2, 3, 128, 128, generator=g))
-        return self.eval()
+            feats((torch.rand(2, 3, 128, 128, generator=g) * 255 - 117.0) / 57.6)
+            self.eval()
+            fpn = next(iter(self.backbones.values()))
+            mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+            std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+            x = (torch.rand(1, 3, 128, 256, generator=g) * 255 - mean) / std  # what the test feeds
+            tu = _model_testutils()
+            tu.condition_heads_(self.cls_head[-1], self.box_head[-1], lambda: [(self.cls_head(f), self.box_head(f)) for f in fpn(x)],
+                                seed=seed, logit_std=1.0, logit_mean=-5.0)
+        return self
+
+
+def _model_testutils():
+    """tests/modeling/rk_model_testutils.py (generic conditioning helpers), imported by path."""
+    import importlib.util
+    import sys
+
+    name = "rk_model_testutils"
+    if name not in sys.modules:
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "modeling", name + ".py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def odtk_anchors(stride: int, ratios, scales) -> torch.Tensor:
@@ -414,16 +439,26 @@ def test_detectron2_per_anchor_outputs_match():
     assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 128).all() and (boxes[:, 3] <= 128).all()
 
 
-def _assert_same_detections(ours, ref):
-    """Same number of detections; each reference detection has a counterpart with the same
-    class, score within 1e-4 and box within 1e-3 relative (+0.05 px)."""
+def _odtk_clamp(boxes: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, int]:
+    """ODTK clamps ``x1``/``y1`` to ``width - 1``/``height - 1`` (its boxes are inclusive),
+    retinakit to ``width``/``height``: the two differ only for boxes starting in or beyond the
+    last pixel column/row. Returns the boxes with ODTK's clamp and how many it moved."""
+    hi = torch.tensor([width - 1.0, height - 1.0])
+    x1y1 = torch.minimum(boxes[:, :2], hi)
+    return torch.cat([x1y1, boxes[:, 2:]], dim=1), int((x1y1 != boxes[:, :2]).any(dim=1).sum())
+
+
+def _assert_same_detections(ours, ref, size):
+    """Each detection has a counterpart with the same class, score within 1e-4 and box within
+    1e-4 of the largest coordinate, except the few whose NMS decision is a near-tie
+    (rk_model_testutils.assert_same_detections; ODTK: threshold 0.05, NMS 0.5, 100 detections).
+    Boxes are compared with ODTK's far-edge clamp (:func:`_odtk_clamp`; at most 3 such boxes)."""
+    tu = _model_testutils()
     (s, b, c), (rs, rb, rc) = ours, ref
-    assert len(s) == len(rs) and len(rs) > 10
-    used = torch.zeros(len(s), dtype=torch.bool)
-    for i in range(len(rs)):
-        ok = (c == rc[i]) & ((s - rs[i]).abs() <= 1e-4) & ((b - rb[i]).abs() <= 1e-3 * rb[i].abs() + 0.05).all(1) & ~used
-        assert ok.any(), f"reference detection {i} (class {int(rc[i])}, score {float(rs[i]):.5f}, box {rb[i].tolist()}) not found"
-        used[int(torch.nonzero(ok)[0])] = True
+    b, moved = _odtk_clamp(b, *size)
+    assert moved <= 3, "too many boxes beyond the image: the test model is badly conditioned"
+    nms = tu.NmsSettings(score_thresh=0.05, nms_thresh=0.5, max_detections=100)
+    tu.assert_same_detections(tu.Detections(b, s, c), tu.Detections(rb, rs, rc), nms, score_tol=1e-4, box_rtol=1e-4, min_detections=11)
 
 
 @pytest.mark.parametrize(
@@ -445,7 +480,8 @@ def test_odtk_detections_match(tmp_path, name, ratios, scales, size):
     assert load_tool().main(["--source", "odtk", str(src), str(dst)]) == 0
     cfg = get_cfg()
     cfg.merge_from_file(str(tmp_path / "converted.yaml"))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu"])
+    # ODTK keeps boxes predicted beyond the image (clamped onto its last pixel): keep them too.
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.POSTPROCESSOR.FILTER_EMPTY_BOXES", False])
     assert os.path.samefile(cfg.MODEL.WEIGHTS, dst)
     model = build_model(cfg).eval()
     report = load_model_weights(model, torch.load(dst, weights_only=True))
@@ -456,4 +492,4 @@ def test_odtk_detections_match(tmp_path, name, ratios, scales, size):
     ref = odtk_detect(odtk, ((img.float() - mean) / std)[None])
     with torch.no_grad():
         inst = model([{"image": img}])[0]["instances"]
-    _assert_same_detections((inst.scores, inst.pred_boxes.tensor, inst.pred_classes), ref)
+    _assert_same_detections((inst.scores, inst.pred_boxes.tensor, inst.pred_classes), ref, size)
