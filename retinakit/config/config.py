@@ -185,10 +185,3 @@ def get_cfg() -> CfgNode:
     cfg = _C.clone()
     _apply_extensions(cfg)
     return cfg
-
-
-def import_from_cfg(cfg: CfgNode) -> None:
-    """Import ``cfg.CUSTOM_IMPORTS`` (called by builders before looking up registries)."""
-    import_custom_modules(cfg.get("CUSTOM_IMPORTS", []))
-
-

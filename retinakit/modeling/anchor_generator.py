@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..config import configurable
+from ..config import CfgNode, configurable
 from ..utils.registry import Registry
 from .backbone import ShapeSpec
 
@@ -77,7 +77,7 @@ class DefaultAnchorGenerator(nn.Module):
         self._cache: dict[tuple, list[torch.Tensor]] = {}
 
     @classmethod
-    def from_config(cls, cfg, input_shapes: Sequence[ShapeSpec]) -> dict:
+    def from_config(cls, cfg: CfgNode, input_shapes: Sequence[ShapeSpec]) -> dict:
         a = cfg.MODEL.ANCHOR_GENERATOR
         return dict(
             strides=[s.stride for s in input_shapes],
@@ -133,7 +133,7 @@ class DefaultAnchorGenerator(nn.Module):
         return self._cache[key]
 
 
-def build_anchor_generator(cfg, input_shapes: Sequence[ShapeSpec]) -> nn.Module:
+def build_anchor_generator(cfg: CfgNode, input_shapes: Sequence[ShapeSpec]) -> nn.Module:
     """Build ``cfg.MODEL.ANCHOR_GENERATOR.NAME`` for feature maps of ``input_shapes``."""
     gen = ANCHOR_GENERATOR_REGISTRY.get(cfg.MODEL.ANCHOR_GENERATOR.NAME)(cfg, input_shapes)
     if not hasattr(gen, "num_anchors"):

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..config import configurable
+from ..config import CfgNode, configurable
 from ..utils.registry import Registry
 
 __all__ = ["BOX_CODER_REGISTRY", "DeltaXYWHBoxCoder", "LegacyDeltaXYWHBoxCoder", "build_box_coder"]
@@ -40,7 +40,7 @@ class _DeltaCoderBase:
         self.scale_clamp = float(scale_clamp)
 
     @classmethod
-    def from_config(cls, cfg) -> dict:
+    def from_config(cls, cfg: CfgNode) -> dict:
         return dict(weights=cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS, scale_clamp=cfg.MODEL.RETINANET.BBOX_REG_SCALE_CLAMP)
 
     # Added to anchor widths/heights: 0 for continuous anchors, 1 for the legacy pixel convention.
@@ -89,7 +89,7 @@ class DeltaXYWHBoxCoder(_DeltaCoderBase):
 BOX_CODER_REGISTRY.register(DeltaXYWHBoxCoder)
 
 
-def build_box_coder(cfg):
+def build_box_coder(cfg: CfgNode):
     """Build ``cfg.MODEL.RETINANET.BOX_CODER_NAME``."""
     return BOX_CODER_REGISTRY.get(cfg.MODEL.RETINANET.BOX_CODER_NAME)(cfg)
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..config import configurable
+from ..config import CfgNode, configurable
 from ..utils.registry import Registry
 from .backbone import ShapeSpec
 from .backbone.norm import get_norm
@@ -79,7 +79,7 @@ class RetinaNetHead(nn.Module):
         nn.init.constant_(self.cls_score.bias, -math.log((1 - prior_prob) / prior_prob))
 
     @classmethod
-    def from_config(cls, cfg, input_shapes: Sequence[ShapeSpec], num_anchors: Sequence[int]) -> dict:
+    def from_config(cls, cfg: CfgNode, input_shapes: Sequence[ShapeSpec], num_anchors: Sequence[int]) -> dict:
         channels = {s.channels for s in input_shapes}
         if len(channels) != 1:
             raise ValueError(f"RetinaNetHead needs the same channel count on every level, got {sorted(map(str, channels))}.")
@@ -105,6 +105,6 @@ class RetinaNetHead(nn.Module):
 HEAD_REGISTRY.register(RetinaNetHead)
 
 
-def build_head(cfg, input_shapes: Sequence[ShapeSpec], num_anchors: Sequence[int]) -> nn.Module:
+def build_head(cfg: CfgNode, input_shapes: Sequence[ShapeSpec], num_anchors: Sequence[int]) -> nn.Module:
     """Build ``cfg.MODEL.RETINANET.HEAD_NAME``."""
     return HEAD_REGISTRY.get(cfg.MODEL.RETINANET.HEAD_NAME)(cfg, input_shapes, num_anchors)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import configurable
+from ..config import CfgNode, configurable
 from ..utils.registry import Registry
 
 __all__ = ["LOSS_REGISTRY", "GIoULoss", "L1Loss", "SigmoidFocalLoss", "SmoothL1Loss", "build_loss", "giou"]
@@ -35,7 +35,7 @@ class SigmoidFocalLoss(nn.Module):
         self.alpha, self.gamma = alpha, gamma
 
     @classmethod
-    def from_config(cls, cfg) -> dict:
+    def from_config(cls, cfg: CfgNode) -> dict:
         return dict(alpha=cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA, gamma=cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -71,7 +71,7 @@ class SmoothL1Loss(_DeltaLoss):
         self.beta = beta
 
     @classmethod
-    def from_config(cls, cfg) -> dict:
+    def from_config(cls, cfg: CfgNode) -> dict:
         return dict(beta=cfg.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA)
 
     def elementwise(self, diff: torch.Tensor) -> torch.Tensor:
@@ -85,7 +85,7 @@ class SmoothL1Loss(_DeltaLoss):
 class L1Loss(_DeltaLoss):
     """L1 on the deltas."""
 
-    def __init__(self, cfg=None) -> None:
+    def __init__(self, cfg: CfgNode | None = None) -> None:
         super().__init__()
 
     def elementwise(self, diff: torch.Tensor) -> torch.Tensor:
@@ -109,7 +109,7 @@ def giou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
 class GIoULoss(nn.Module):
     """``1 - GIoU`` between decoded predictions and ground-truth boxes."""
 
-    def __init__(self, cfg=None) -> None:
+    def __init__(self, cfg: CfgNode | None = None) -> None:
         super().__init__()
 
     def forward(self, pred_deltas: torch.Tensor, anchors: torch.Tensor, gt_boxes: torch.Tensor, box_coder) -> torch.Tensor:
@@ -117,6 +117,6 @@ class GIoULoss(nn.Module):
         return (1 - giou(pred, gt_boxes.float())).sum()
 
 
-def build_loss(cfg, name: str) -> nn.Module:
+def build_loss(cfg: CfgNode, name: str) -> nn.Module:
     """Build the loss registered as ``name``."""
     return LOSS_REGISTRY.get(name)(cfg)

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..config import configurable
+from ..config import CfgNode, configurable
 from ..utils.registry import Registry
 
 __all__ = ["MATCHER_REGISTRY", "IoUMatcher", "build_matcher"]
@@ -48,7 +48,7 @@ class IoUMatcher:
         self.allow_low_quality_matches = allow_low_quality_matches
 
     @classmethod
-    def from_config(cls, cfg) -> dict:
+    def from_config(cls, cfg: CfgNode) -> dict:
         r = cfg.MODEL.RETINANET
         return dict(thresholds=r.IOU_THRESHOLDS, labels=r.IOU_LABELS, allow_low_quality_matches=r.ALLOW_LOW_QUALITY_MATCHES)
 
@@ -72,6 +72,6 @@ class IoUMatcher:
 MATCHER_REGISTRY.register(IoUMatcher)
 
 
-def build_matcher(cfg):
+def build_matcher(cfg: CfgNode):
     """Build ``cfg.MODEL.RETINANET.MATCHER_NAME``."""
     return MATCHER_REGISTRY.get(cfg.MODEL.RETINANET.MATCHER_NAME)(cfg)

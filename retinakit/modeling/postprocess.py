@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..config import CfgNode
 from ..config.configurable import configurable
 from ..structures import Boxes, Instances
 from ..utils.registry import Registry
@@ -37,7 +38,7 @@ Call signature: ``cls(cfg, box_coder)`` or ``cls(**kwargs)`` -> ``nn.Module`` wh
 _NMS_TYPES = ("batched", "agnostic", "soft")
 
 
-def build_postprocessor(cfg: Any, box_coder: Any) -> nn.Module:
+def build_postprocessor(cfg: CfgNode, box_coder: Any) -> nn.Module:
     """Build ``MODEL.POSTPROCESSOR.NAME`` from the config."""
     return POSTPROCESSOR_REGISTRY.get(cfg.MODEL.POSTPROCESSOR.NAME)(cfg, box_coder)
 
@@ -114,7 +115,7 @@ class RetinaNetPostProcessor(nn.Module):
         self.filter_empty_boxes = bool(filter_empty_boxes)
 
     @classmethod
-    def from_config(cls, cfg: Any, box_coder: Any) -> dict[str, Any]:
+    def from_config(cls, cfg: CfgNode, box_coder: Any) -> dict[str, Any]:
         pp = cfg.MODEL.POSTPROCESSOR
         return {
             "box_coder": box_coder,

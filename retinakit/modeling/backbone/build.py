@@ -1,6 +1,7 @@
 """``BACKBONE_REGISTRY`` and ``build_backbone``."""
 from __future__ import annotations
 
+from ...config import CfgNode
 from ...utils.registry import Registry
 from .backbone import Backbone, ShapeSpec
 
@@ -14,7 +15,7 @@ BACKBONE_REGISTRY = Registry(
 )
 
 
-def build_backbone(cfg, input_shape: ShapeSpec | None = None) -> Backbone:
+def build_backbone(cfg: CfgNode, input_shape: ShapeSpec | None = None) -> Backbone:
     """Build ``cfg.MODEL.BACKBONE.NAME`` from the registry."""
     if input_shape is None:
         input_shape = ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config import configurable
+from ...config import CfgNode, configurable
 from .backbone import Backbone, ShapeSpec
 from .build import BACKBONE_REGISTRY
 from .norm import get_norm
@@ -101,7 +101,7 @@ class FPN(Backbone):
         self._size_divisibility = strides[len(in_features) - 1]
 
     @classmethod
-    def from_config(cls, cfg, bottom_up: Backbone) -> dict:
+    def from_config(cls, cfg: CfgNode, bottom_up: Backbone) -> dict:
         return dict(
             bottom_up=bottom_up,
             in_features=cfg.MODEL.FPN.IN_FEATURES,
@@ -134,7 +134,7 @@ class FPN(Backbone):
 
 
 @BACKBONE_REGISTRY.register()
-def build_retinanet_fpn_backbone(cfg, input_shape: ShapeSpec | None = None) -> FPN:
+def build_retinanet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec | None = None) -> FPN:
     """FPN (P3-P7) over the bottom-up backbone named by ``MODEL.FPN.BOTTOM_UP``."""
     name = cfg.MODEL.FPN.BOTTOM_UP
     if name in ("build_retinanet_fpn_backbone", "build_retinanet_resnet_fpn_backbone"):
@@ -144,7 +144,7 @@ def build_retinanet_fpn_backbone(cfg, input_shape: ShapeSpec | None = None) -> F
 
 
 @BACKBONE_REGISTRY.register()
-def build_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec | None = None) -> FPN:
+def build_retinanet_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec | None = None) -> FPN:
     """ResNet (``MODEL.RESNETS.*``) + FPN (``MODEL.FPN.*``) with P6/P7."""
     from .resnet import ResNet
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...config import configurable
+from ...config import CfgNode, configurable
 from .backbone import Backbone, ShapeSpec
 from .build import BACKBONE_REGISTRY
 from .norm import freeze_batchnorm, get_norm
@@ -147,7 +147,7 @@ class ResNet(Backbone):
         self.freeze(freeze_at)
 
     @classmethod
-    def from_config(cls, cfg, input_shape: ShapeSpec | None = None) -> dict:
+    def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec | None = None) -> dict:
         r = cfg.MODEL.RESNETS
         return dict(
             depth=r.DEPTH,
@@ -202,6 +202,6 @@ class ResNet(Backbone):
 
 
 @BACKBONE_REGISTRY.register()
-def build_resnet_backbone(cfg, input_shape: ShapeSpec | None = None) -> ResNet:
+def build_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec | None = None) -> ResNet:
     """The ResNet bottom-up network alone, from ``MODEL.RESNETS.*``."""
     return ResNet(cfg, input_shape)

@@ -6,7 +6,7 @@ import logging
 import torch
 from torch import nn
 
-from ...config.config import import_custom_modules
+from ...config.config import CfgNode, import_custom_modules
 from ...utils.registry import Registry
 
 __all__ = ["META_ARCH_REGISTRY", "build_model", "resolve_device"]
@@ -29,7 +29,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def build_model(cfg) -> nn.Module:
+def build_model(cfg: CfgNode) -> nn.Module:
     """Build ``cfg.MODEL.META_ARCHITECTURE`` (after importing ``CUSTOM_IMPORTS``) on ``MODEL.DEVICE``.
 
     Weights are not loaded here: use the Checkpointer (``MODEL.WEIGHTS``).

@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ...config import configurable
+from ...config import CfgNode, configurable
 from ...structures import ImageList, Instances, pairwise_iou
 from ..anchor_generator import build_anchor_generator
 from ..backbone import Backbone, build_backbone
@@ -16,7 +16,7 @@ from ..box_coder import build_box_coder
 from ..heads import build_head
 from ..losses import build_loss
 from ..matcher import build_matcher
-from ..postprocess import POSTPROCESSOR_REGISTRY
+from ..postprocess import build_postprocessor
 from .build import META_ARCH_REGISTRY
 from .preprocess import ImagePreprocessor
 
@@ -101,7 +101,7 @@ class RetinaNet(nn.Module):
         )
 
     @classmethod
-    def from_config(cls, cfg) -> dict:
+    def from_config(cls, cfg: CfgNode) -> dict:
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         in_features = list(cfg.MODEL.RETINANET.IN_FEATURES)
@@ -124,7 +124,7 @@ class RetinaNet(nn.Module):
             matcher=build_matcher(cfg),
             cls_loss=build_loss(cfg, r.CLS_LOSS_TYPE),
             reg_loss=build_loss(cfg, r.BBOX_REG_LOSS_TYPE),
-            postprocessor=POSTPROCESSOR_REGISTRY.get(cfg.MODEL.POSTPROCESSOR.NAME)(cfg, box_coder),
+            postprocessor=build_postprocessor(cfg, box_coder),
             num_classes=r.NUM_CLASSES,
             pixel_mean=cfg.MODEL.PIXEL_MEAN,
             pixel_std=cfg.MODEL.PIXEL_STD,
