@@ -8,19 +8,24 @@ import torch
 
 from ..config import CfgNode, configurable
 from ..utils.registry import Registry
+from .protocols import BoxCoder
 
 __all__ = ["BOX_CODER_REGISTRY", "DeltaXYWHBoxCoder", "LegacyDeltaXYWHBoxCoder", "build_box_coder"]
 
 BOX_CODER_REGISTRY = Registry(
     "BOX_CODER",
-    doc="""Box coders. Entries are called as ``cls(cfg)`` (or with keyword arguments) and provide
+    doc="""Box coders. Entries are called as ``cls(cfg)`` (or with keyword arguments) and return an
+    object meeting :class:`retinakit.modeling.protocols.BoxCoder` (checked when built):
 
-    * ``encode(anchors [N, 4], boxes [N, 4]) -> deltas [N, 4]`` (regression targets);
-    * ``decode(deltas [N, 4], anchors [N, 4]) -> boxes [N, 4]`` (XYXY, float32).
+    * ``encode(anchors [R, 4], boxes [R, 4]) -> deltas [R, 4]`` (regression targets);
+    * ``decode(deltas [R, 4], anchors [R, 4]) -> boxes [R, 4]`` (XYXY, float32).
 
-    A coder may also expose ``fused_decode_params() -> (weights, scale_clamp)`` when it is
-    the (dx, dy, dw, dh) delta coder, so the post-processor can use the fused kernel.
+    A (dx, dy, dw, dh) delta coder with continuous anchors may also meet
+    :class:`~retinakit.modeling.protocols.FusedDecodeBoxCoder`:
+    ``fused_decode_params() -> (weights (wx, wy, ww, wh), scale_clamp)``, so the
+    post-processor (and the ONNX export) can use the fused decode kernel.
     """,
+    protocol=BoxCoder,
 )
 
 
@@ -89,9 +94,9 @@ class DeltaXYWHBoxCoder(_DeltaCoderBase):
 BOX_CODER_REGISTRY.register(DeltaXYWHBoxCoder)
 
 
-def build_box_coder(cfg: CfgNode):
-    """Build ``cfg.MODEL.RETINANET.BOX_CODER_NAME``."""
-    return BOX_CODER_REGISTRY.get(cfg.MODEL.RETINANET.BOX_CODER_NAME)(cfg)
+def build_box_coder(cfg: CfgNode) -> BoxCoder:
+    """Build ``cfg.MODEL.RETINANET.BOX_CODER_NAME`` (checked against the :class:`BoxCoder` protocol)."""
+    return BOX_CODER_REGISTRY.build(cfg.MODEL.RETINANET.BOX_CODER_NAME, cfg)
 
 
 class LegacyDeltaXYWHBoxCoder(_DeltaCoderBase):

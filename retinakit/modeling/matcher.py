@@ -7,16 +7,25 @@ import torch
 
 from ..config import CfgNode, configurable
 from ..utils.registry import Registry
+from .protocols import Matcher, MatchInputs
 
 __all__ = ["MATCHER_REGISTRY", "IoUMatcher", "build_matcher"]
 
 MATCHER_REGISTRY = Registry(
     "MATCHER",
-    doc="""Matchers. Entries are called as ``cls(cfg)`` (or with keyword arguments) and map
-    ``quality [G, A]`` (e.g. IoU of G ground-truth boxes with A anchors) to
-    ``(matches [A] int64 gt index, labels [A] int8)`` with labels 1 = foreground,
-    0 = background, -1 = ignore.
+    doc="""Matchers. Entries are called as ``cls(cfg)`` (or with keyword arguments) and return an
+    object meeting :class:`retinakit.modeling.protocols.Matcher` (checked when built), the one
+    call the meta-architecture makes:
+
+    ``match(inputs: MatchInputs) -> (matches [R] int64, labels [R] int8)``
+
+    ``inputs.anchors`` are the image's anchors per level (``[R_l, 4]`` XYXY), ``inputs.gt_boxes``
+    its ``[G, 4]`` ground-truth boxes (crowd boxes excluded); ``inputs.iou()`` gives the ``[G, R]``
+    IoU matrix. ``matches`` indexes ``gt_boxes`` (any value when ``G == 0``); ``labels``:
+    1 foreground, 0 background, -1 ignore. An IoU-threshold matcher reads ``inputs.iou()``; an
+    ATSS-style matcher reads the levels and anchor centres.
     """,
+    protocol=Matcher,
 )
 
 
@@ -52,8 +61,12 @@ class IoUMatcher:
         r = cfg.MODEL.RETINANET
         return dict(thresholds=r.IOU_THRESHOLDS, labels=r.IOU_LABELS, allow_low_quality_matches=r.ALLOW_LOW_QUALITY_MATCHES)
 
+    def match(self, inputs: MatchInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The :class:`Matcher` protocol: thresholds ``inputs.iou() [G, R]`` -> ``matches [R]``, ``labels [R]``."""
+        return self(inputs.iou())
+
     def __call__(self, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``quality [G, A]`` -> ``matches [A]`` (int64), ``labels [A]`` (int8)."""
+        """``quality [G, A]`` (any match quality, e.g. IoU) -> ``matches [A]`` (int64), ``labels [A]`` (int8)."""
         num_anchors = quality.shape[1]
         if quality.shape[0] == 0:
             matches = quality.new_zeros(num_anchors, dtype=torch.int64)
@@ -72,6 +85,6 @@ class IoUMatcher:
 MATCHER_REGISTRY.register(IoUMatcher)
 
 
-def build_matcher(cfg: CfgNode):
-    """Build ``cfg.MODEL.RETINANET.MATCHER_NAME``."""
-    return MATCHER_REGISTRY.get(cfg.MODEL.RETINANET.MATCHER_NAME)(cfg)
+def build_matcher(cfg: CfgNode) -> Matcher:
+    """Build ``cfg.MODEL.RETINANET.MATCHER_NAME`` (checked against the :class:`Matcher` protocol)."""
+    return MATCHER_REGISTRY.build(cfg.MODEL.RETINANET.MATCHER_NAME, cfg)

@@ -21,6 +21,7 @@ from ..config import CfgNode
 from ..config.configurable import configurable
 from ..structures import Boxes, Instances
 from ..utils.registry import Registry
+from .protocols import BoxCoder, PostProcessor, fused_decode_params
 
 __all__ = ["POSTPROCESSOR_REGISTRY", "RetinaNetPostProcessor", "build_postprocessor", "drop_empty_candidates"]
 
@@ -28,19 +29,23 @@ POSTPROCESSOR_REGISTRY = Registry(
     "POSTPROCESSOR",
     doc="""Turns head outputs into detections. Selected by ``MODEL.POSTPROCESSOR.NAME``.
 
-Call signature: ``cls(cfg, box_coder)`` or ``cls(**kwargs)`` -> ``nn.Module`` whose
+Call signature: ``cls(cfg, box_coder)`` or ``cls(**kwargs)`` -> an ``nn.Module`` meeting
+:class:`retinakit.modeling.protocols.PostProcessor` (checked when built), whose
 ``forward(cls_logits, box_deltas, anchors, image_sizes) -> list[Instances]`` takes per level
 ``cls_logits [N, A*K, H, W]``, ``box_deltas [N, A*4, H, W]``, ``anchors [H*W*A, 4]`` and the
 ``(height, width)`` of each image, and returns ``Instances(pred_boxes, scores, pred_classes)``.
+A box coder meeting :class:`~retinakit.modeling.protocols.FusedDecodeBoxCoder` lets
+:class:`RetinaNetPostProcessor` use the fused decode kernel.
 """,
+    protocol=PostProcessor,
 )
 
 _NMS_TYPES = ("batched", "agnostic", "soft")
 
 
-def build_postprocessor(cfg: CfgNode, box_coder: Any) -> nn.Module:
-    """Build ``MODEL.POSTPROCESSOR.NAME`` from the config."""
-    return POSTPROCESSOR_REGISTRY.get(cfg.MODEL.POSTPROCESSOR.NAME)(cfg, box_coder)
+def build_postprocessor(cfg: CfgNode, box_coder: BoxCoder) -> nn.Module:
+    """Build ``MODEL.POSTPROCESSOR.NAME`` from the config (checked against the :class:`PostProcessor` protocol)."""
+    return POSTPROCESSOR_REGISTRY.build(cfg.MODEL.POSTPROCESSOR.NAME, cfg, box_coder)
 
 
 def drop_empty_candidates(
@@ -154,9 +159,9 @@ class RetinaNetPostProcessor(nn.Module):
 
         device = cls_logits[0].device
         sizes = torch.as_tensor([[int(h), int(w)] for h, w in image_sizes], dtype=torch.int64).to(device, non_blocking=True)
-        fused = getattr(self.box_coder, "fused_decode_params", None)
+        fused = fused_decode_params(self.box_coder)
         if fused is not None:
-            weights, scale_clamp = fused()
+            weights, scale_clamp = fused
             boxes, scores, classes, num_valid = ops.decode_detections(
                 cls_logits, box_deltas, anchors, sizes, self.score_thresh, self.topk_candidates,
                 weights, scale_clamp, allow_reference=self.allow_reference_ops,

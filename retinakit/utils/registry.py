@@ -2,17 +2,40 @@
 
 Every component type of retinakit has exactly one registry. A registry maps a
 name (the string used in YAML) to a class or a factory function. Each registry
-documents, in its own docstring, the call signature its entries must follow.
+documents, in its own docstring, the call signature its entries must follow; a registry
+created with a ``protocol`` (a ``typing.Protocol`` class) also checks, when an entry is
+built (:meth:`Registry.build`, :meth:`Registry.check_protocol`), that the built object has
+every method of that Protocol, and names the missing ones otherwise.
 """
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Iterator
 from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "protocol_methods"]
+
+
+def protocol_methods(protocol: type) -> dict[str, Callable[..., Any]]:
+    """The methods a ``typing.Protocol`` class declares (its own and inherited Protocols'),
+    by name; ``__call__`` included, other dunders not."""
+    methods: dict[str, Callable[..., Any]] = {}
+    for klass in reversed(protocol.__mro__):
+        if not getattr(klass, "_is_protocol", False) or klass.__module__ == "typing":
+            continue
+        for name, value in vars(klass).items():
+            if callable(value) and (name == "__call__" or not name.startswith("_")):
+                methods[name] = value
+    return methods
+
+
+def _describe(name: str, fn: Callable[..., Any]) -> str:
+    """``name(arg, ...)`` without ``self`` and annotations, for error messages."""
+    params = [p for p in inspect.signature(fn).parameters if p != "self"]
+    return f"{name}({', '.join(params)})"
 
 
 class Registry:
@@ -27,9 +50,10 @@ class Registry:
     ``get(name)`` fails with a ``KeyError`` that lists every registered name.
     """
 
-    def __init__(self, name: str, doc: str = "") -> None:
+    def __init__(self, name: str, doc: str = "", protocol: type | None = None) -> None:
         self._name = name
         self._obj_map: dict[str, Any] = {}
+        self.protocol = protocol
         self.__doc__ = doc
 
     @property
@@ -70,6 +94,28 @@ class Registry:
                 "If it comes from your own package, list that package in CUSTOM_IMPORTS."
             )
         return self._obj_map[name]
+
+    def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """``get(name)(*args, **kwargs)``, checked against the registry's protocol."""
+        return self.check_protocol(self.get(name)(*args, **kwargs), name)
+
+    def check_protocol(self, obj: T, name: str | None = None) -> T:
+        """Return ``obj`` if it has every method of the registry's protocol (always, without one).
+
+        Raises ``TypeError`` naming the entry, the protocol and each missing method.
+        """
+        if self.protocol is None:
+            return obj
+        required = protocol_methods(self.protocol)
+        missing = [m for m in required if not callable(obj if m == "__call__" else getattr(obj, m, None))]
+        if missing:
+            label = f"entry '{name}'" if name else "component"
+            needed = "; ".join(_describe(m, required[m]) for m in required)
+            raise TypeError(
+                f"The {self._name} {label} ({type(obj).__qualname__}) does not meet the {self.protocol.__name__} protocol: "
+                f"missing method(s) {', '.join(missing)}. It must provide: {needed} (see help({self._name}_REGISTRY))."
+            )
+        return obj
 
     def __contains__(self, name: str) -> bool:
         return name in self._obj_map

@@ -12,11 +12,12 @@ from ...config import CfgNode, configurable
 from ...structures import ImageList, Instances, pairwise_iou
 from ..anchor_generator import build_anchor_generator
 from ..backbone import Backbone, build_backbone
-from ..box_coder import build_box_coder
+from ..box_coder import BOX_CODER_REGISTRY, build_box_coder
 from ..heads import build_head
 from ..losses import build_loss
-from ..matcher import build_matcher
-from ..postprocess import build_postprocessor
+from ..matcher import MATCHER_REGISTRY, build_matcher
+from ..postprocess import POSTPROCESSOR_REGISTRY, build_postprocessor
+from ..protocols import BoxCoder, Matcher, MatchInputs, PostProcessor
 from .build import META_ARCH_REGISTRY
 from .preprocess import ImagePreprocessor
 
@@ -64,11 +65,11 @@ class RetinaNet(nn.Module):
         head: nn.Module,
         head_in_features: Sequence[str],
         anchor_generator: nn.Module,
-        box_coder,
-        matcher,
+        box_coder: BoxCoder,
+        matcher: Matcher,
         cls_loss: nn.Module,
         reg_loss: nn.Module,
-        postprocessor: nn.Module,
+        postprocessor: PostProcessor,
         num_classes: int,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
@@ -78,23 +79,24 @@ class RetinaNet(nn.Module):
         max_size_train: int = 1333,
         min_size_test: int = 800,
         max_size_test: int = 1333,
+        crowd_ignore_iou: float = 0.4,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.head_in_features = list(head_in_features)
         self.anchor_generator = anchor_generator
-        self.box_coder = box_coder
-        self.matcher = matcher
+        self.box_coder = BOX_CODER_REGISTRY.check_protocol(box_coder)
+        self.matcher = MATCHER_REGISTRY.check_protocol(matcher)
         self.cls_loss = cls_loss
         self.reg_loss = reg_loss
-        self.postprocessor = postprocessor
+        self.postprocessor = POSTPROCESSOR_REGISTRY.check_protocol(postprocessor)
         self.num_classes = num_classes
         self.loss_normalizer_momentum = loss_normalizer_momentum
         # Moving average of the foreground anchor count per batch (a scalar buffer, so that
         # it is saved and restored with the model); 100 is a typical starting value.
         self.register_buffer("loss_normalizer", torch.tensor(100.0))
-        self.ignore_iou_threshold = float(min(getattr(matcher, "thresholds", [0.4])[1:-1] or [0.4]))
+        self.crowd_ignore_iou = float(crowd_ignore_iou)
         self.preprocessor = ImagePreprocessor(
             pixel_mean, pixel_std, backbone.size_divisibility, resize_in_model,
             min_size_train, max_size_train, min_size_test, max_size_test,
@@ -134,6 +136,7 @@ class RetinaNet(nn.Module):
             max_size_train=cfg.INPUT.MAX_SIZE_TRAIN,
             min_size_test=cfg.INPUT.MIN_SIZE_TEST,
             max_size_test=cfg.INPUT.MAX_SIZE_TEST,
+            crowd_ignore_iou=min(r.IOU_THRESHOLDS, default=0.4),
         )
 
     @property
@@ -184,28 +187,50 @@ class RetinaNet(nn.Module):
 
     # ------------------------------------------------------------------ training
     @torch.no_grad()
-    def label_anchors(self, anchors: torch.Tensor, gt_instances: list[Instances]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``anchors [R, 4]`` -> ``labels [N, R]`` (class, ``K`` = background, -1 = ignore), ``boxes [N, R, 4]``."""
+    def label_anchors(
+        self, anchors: Sequence[torch.Tensor] | torch.Tensor, gt_instances: list[Instances]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Classification and box targets of every anchor, through the matcher's ``match``.
+
+        Args:
+            anchors: per level ``[R_l, 4]`` XYXY (a single ``[R, 4]`` tensor is one level).
+            gt_instances: per image ``gt_boxes [G, 4]``, ``gt_classes [G]``, optional ``gt_ignore [G]``
+                (crowd regions: never targets; anchors with IoU >= ``crowd_ignore_iou`` with one
+                are ignored unless matched as foreground).
+
+        Returns:
+            ``labels [N, R]`` int64 (class, ``K`` = background, -1 = ignore) and matched
+            ``boxes [N, R, 4]``.
+        """
+        levels = [anchors] if isinstance(anchors, torch.Tensor) else list(anchors)
+        all_anchors = torch.cat(levels)
         labels, matched = [], []
         for inst in gt_instances:
-            boxes, classes = inst.gt_boxes.tensor.float(), inst.gt_classes.long()
-            ignore = inst.gt_ignore.bool() if inst.has("gt_ignore") else torch.zeros_like(classes, dtype=torch.bool)
-            real, real_cls = boxes[~ignore], classes[~ignore]
-            matches, match_labels = self.matcher(pairwise_iou(real, anchors))
-            if len(real):
-                lbl = real_cls[matches].clone()
-                box = real[matches]
-            else:
-                lbl = torch.zeros_like(matches)
-                box = torch.zeros_like(anchors)
-            lbl[match_labels == 0] = self.num_classes
-            lbl[match_labels == -1] = -1
-            if ignore.any():
-                near_crowd = pairwise_iou(boxes[ignore], anchors).max(dim=0).values >= self.ignore_iou_threshold
-                lbl[near_crowd & (match_labels != 1)] = -1
+            lbl, box = self._label_image(levels, all_anchors, inst)
             labels.append(lbl)
             matched.append(box)
         return torch.stack(labels), torch.stack(matched)
+
+    def _label_image(
+        self, levels: list[torch.Tensor], all_anchors: torch.Tensor, inst: Instances
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image: ``labels [R]`` int64 and matched ``boxes [R, 4]`` (see :meth:`label_anchors`)."""
+        boxes, classes = inst.gt_boxes.tensor.float(), inst.gt_classes.long()
+        ignore = inst.gt_ignore.bool() if inst.has("gt_ignore") else torch.zeros_like(classes, dtype=torch.bool)
+        real, real_cls = boxes[~ignore], classes[~ignore]
+        matches, match_labels = self.matcher.match(MatchInputs(anchors=levels, gt_boxes=real))
+        if len(real):
+            lbl = real_cls[matches].clone()
+            box = real[matches]
+        else:
+            lbl = torch.zeros_like(matches)
+            box = torch.zeros_like(all_anchors)
+        lbl[match_labels == 0] = self.num_classes
+        lbl[match_labels == -1] = -1
+        if ignore.any():
+            near_crowd = pairwise_iou(boxes[ignore], all_anchors).max(dim=0).values >= self.crowd_ignore_iou
+            lbl[near_crowd & (match_labels != 1)] = -1
+        return lbl, box
 
     def losses(
         self,
@@ -216,7 +241,7 @@ class RetinaNet(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Focal classification loss and box regression loss, normalised by foreground anchors."""
         all_anchors = torch.cat(anchors)
-        labels, gt_boxes = self.label_anchors(all_anchors, gt_instances)
+        labels, gt_boxes = self.label_anchors(anchors, gt_instances)
         logits = torch.cat([permute_to_N_HWA_K(x, self.num_classes) for x in cls_logits], dim=1)
         deltas = torch.cat([permute_to_N_HWA_K(x, 4) for x in box_deltas], dim=1)
         valid = labels >= 0
