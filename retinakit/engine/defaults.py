@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import Checkpointer
+from ..config import CfgNode
 from ..utils import comm
 from ..utils.env import collect_env_info, seed_all_rng
 from ..utils.events import (
@@ -399,22 +400,27 @@ class DefaultPredictor:
     ``predictor(image)`` takes what the data layer's ``InferencePreprocessor`` takes (a
     path, PIL image, ``HxWxC`` uint8 array or ``CxHxW`` uint8 tensor, RGB by default),
     applies the test-time resizing of the test loader, and returns
-    ``{"instances": Instances}`` in the input image's coordinates.
+    ``{"instances": Instances}`` in the input image's coordinates, on ``MODEL.DEVICE``.
+
+    It is the deployment :class:`retinakit.export.Predictor` over a
+    :class:`~retinakit.export.predictor.TorchBackend`: the same weight loading
+    (:func:`retinakit.export.load_model`, not strict: tensors the weights do not cover keep
+    their initial values, with a warning; without ``MODEL.WEIGHTS`` the model keeps its
+    initialisation), the same inference preparation (FrozenBN folded, ``channels_last``) and
+    the same rescaling to the original image size. ``self.model`` is the prepared model.
     """
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: CfgNode) -> None:
         from ..data import build_inference_preprocess
-        from ..modeling import build_model, prepare_for_inference
+        from ..export.predictor import Predictor, TorchBackend, load_model
+        from ..modeling import build_model
 
         self.cfg = cfg.clone()
-        self.model = build_model(self.cfg)
-        self.model.eval()
-        if cfg.MODEL.WEIGHTS:
-            Checkpointer(self.model, save_to_disk=False).load(cfg.MODEL.WEIGHTS, checkpointables=[])
-        prepare_for_inference(self.model)  # after loading: fold FrozenBN, channels_last (own copy, never saved)
-        self.preprocess = build_inference_preprocess(self.cfg)
+        model = load_model(self.cfg, cfg.MODEL.WEIGHTS, strict=False) if cfg.MODEL.WEIGHTS else build_model(self.cfg)
+        backend = TorchBackend(model, copy=False, device_outputs=True)
+        self.model = backend.model
+        self.predictor = Predictor(backend, build_inference_preprocess(self.cfg))
+        self.preprocess = self.predictor.preprocess
 
-    @torch.inference_mode()
     def __call__(self, image: Any, input_format: str = "RGB") -> dict[str, Any]:
-        tensor, (h, w) = self.preprocess(image, input_format)
-        return self.model([{"image": tensor, "height": h, "width": w}])[0]
+        return {"instances": self.predictor(image, input_format)[0]}

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import CfgNode
 from ..structures import Boxes, Instances
 from ._deps import require
 from .calibration import pad_batch
@@ -25,7 +26,8 @@ __all__ = ["OnnxRuntimeBackend", "Predictor", "PredictorError", "TorchBackend", 
 
 logger = logging.getLogger(__name__)
 
-Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [D, 4], scores [D], classes [D]
+# boxes [D, 4], scores [D], classes [D]: numpy arrays, or tensors (TorchBackend(device_outputs=True)).
+Detections = tuple[Any, Any, Any]
 
 
 class PredictorError(ValueError):
@@ -35,26 +37,39 @@ class PredictorError(ValueError):
 class TorchBackend:
     """Runs the PyTorch model (``eval``) on already-resized uint8 images.
 
-    It runs a copy of ``model`` prepared by :func:`retinakit.modeling.prepare_for_inference`
-    (``FrozenBatchNorm2d`` folded into the convolutions, weights ``channels_last``); the
-    caller's model is left untouched.
+    It runs ``model`` prepared by :func:`retinakit.modeling.prepare_for_inference`
+    (``FrozenBatchNorm2d`` folded into the convolutions, weights ``channels_last``): a copy
+    of it by default, so the caller's model is left untouched; ``copy=False`` prepares the
+    given model in place (for a model the caller no longer uses otherwise).
+
+    ``run`` returns numpy arrays, like the other backends; ``device_outputs=True`` returns
+    tensors on the model's device instead.
     """
 
     name, precision = "pytorch", "fp32"
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, *, copy: bool = True, device_outputs: bool = False) -> None:
         from ..modeling import prepare_for_inference
 
-        self.model = prepare_for_inference(copy.deepcopy(model))
+        self.model = prepare_for_inference(copy_module(model) if copy else model.eval())
+        self.device_outputs = device_outputs
 
     @torch.inference_mode()
     def run(self, tensors: list[torch.Tensor]) -> list[Detections]:
+        """Images ``[3, H, W]`` uint8 (already resized) -> per image ``boxes [D, 4]`` (XYXY, in
+        ``H x W``), ``scores [D]``, ``classes [D]``."""
         inputs = [{"image": t, "height": int(t.shape[1]), "width": int(t.shape[2])} for t in tensors]
         out = []
         for r in self.model(inputs):
-            inst = r["instances"].to("cpu")
-            out.append((inst.pred_boxes.tensor.numpy(), inst.scores.numpy(), inst.pred_classes.numpy()))
+            inst = r["instances"]
+            dets = (inst.pred_boxes.tensor, inst.scores, inst.pred_classes)
+            out.append(dets if self.device_outputs else tuple(t.cpu().numpy() for t in dets))
         return out
+
+
+def copy_module(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` in eval mode."""
+    return copy.deepcopy(model).eval()
 
 
 def unpack_e2e(num_dets: np.ndarray, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> list[Detections]:
@@ -115,18 +130,24 @@ class Predictor:
             return []
         prepared = [self.preprocess(im, input_format) for im in images]
         dets = self.backend.run([t for t, _ in prepared])
-        results = []
-        for (t, (oh, ow)), (boxes, scores, classes) in zip(prepared, dets):
-            b = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4).clone()
-            h, w = int(t.shape[1]), int(t.shape[2])
-            if (h, w) != (oh, ow):
-                b[:, 0::2] *= ow / w
-                b[:, 1::2] *= oh / h
-            results.append(Instances(
-                (oh, ow), pred_boxes=Boxes(b), scores=torch.as_tensor(np.asarray(scores, dtype=np.float32)).reshape(-1),
-                pred_classes=torch.as_tensor(np.asarray(classes)).reshape(-1).to(torch.int64),
-            ))
-        return results
+        return [to_instances(d, (int(t.shape[1]), int(t.shape[2])), size) for (t, size), d in zip(prepared, dets)]
+
+
+def to_instances(dets: Detections, input_size: tuple[int, int], image_size: tuple[int, int]) -> Instances:
+    """One image's ``boxes [D, 4]`` (XYXY in the network input ``input_size = (h, w)``),
+    ``scores [D]``, ``classes [D]`` -> ``Instances`` in ``image_size = (height, width)``
+    (boxes scaled by ``width / w`` and ``height / h``; float32 boxes and scores, int64 classes,
+    on the device of the given tensors, CPU for numpy arrays)."""
+    boxes, scores, classes = dets
+    b = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).clone()
+    (h, w), (oh, ow) = input_size, image_size
+    if (h, w) != (oh, ow):
+        b[:, 0::2] *= ow / w
+        b[:, 1::2] *= oh / h
+    return Instances(
+        (oh, ow), pred_boxes=Boxes(b), scores=torch.as_tensor(scores, dtype=torch.float32).reshape(-1),
+        pred_classes=torch.as_tensor(classes).reshape(-1).to(torch.int64),
+    )
 
 
 def _preprocess_from_meta(meta: dict[str, Any]) -> Any:
@@ -140,8 +161,13 @@ def _preprocess_from_meta(meta: dict[str, Any]) -> Any:
     )
 
 
-def load_model(cfg: Any, weights: str, strict: bool = True) -> torch.nn.Module:
-    """Build ``cfg``'s model and load ``weights``; :class:`PredictorError` with a clear message on failure."""
+def load_model(cfg: CfgNode, weights: str, strict: bool = True) -> torch.nn.Module:
+    """Build ``cfg``'s model (eval, on ``MODEL.DEVICE``) and load ``weights``, checked against ``cfg``.
+
+    :class:`PredictorError` with a clear message when the file is missing or unreadable or the
+    weights do not fit; with ``strict``, also when they leave tensors of the model uncovered
+    (otherwise those keep their initial values, with the loader's warning).
+    """
     from ..checkpoint.checkpointer import load_checkpoint_file
     from ..checkpoint.model_loading import CheckpointMismatchError, load_model_weights
     from ..modeling import build_model
@@ -154,7 +180,7 @@ def load_model(cfg: Any, weights: str, strict: bool = True) -> torch.nn.Module:
     except Exception as e:  # noqa: BLE001 - any unreadable file becomes one message
         raise PredictorError(f"Cannot read weights '{weights}': {e}") from None
     try:
-        report = load_model_weights(model, ckpt, weights)
+        report = load_model_weights(model, ckpt, weights, cfg=cfg)
     except CheckpointMismatchError as e:
         raise PredictorError(str(e)) from None
     if strict and (report.skipped_class_specific or report.missing):
