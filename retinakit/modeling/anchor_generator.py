@@ -60,6 +60,21 @@ class DefaultAnchorGenerator(nn.Module):
         round_anchors: bool = False,
         strides_from_image: bool = False,
     ) -> None:
+        """
+        Args:
+            strides: per level, the stride of its feature map ``[N, C, H_l, W_l]`` in input pixels.
+            sizes: base anchor sizes (sqrt of the area, pixels): one list per level, or one list
+                for every level.
+            octave_scales: multipliers of each base size (``O`` values).
+            aspect_ratios: height/width ratios: one list per level, or one list for every level.
+            offset: anchor centres at ``(i + offset) * stride``, in ``[0, 1)``.
+            round_anchors: round the cell anchors to integer coordinates (Detectron/ODTK style).
+            strides_from_image: per level, use ``(H // H_l, W // W_l)`` of the padded image
+                ``(H, W)`` as the strides instead of ``strides`` (torchvision's convention).
+
+        ``forward(features, image_size (H, W))`` returns per level ``[H_l*W_l*A_l, 4]`` XYXY with
+        ``A_l = len(sizes_l) * len(octave_scales) * len(aspect_ratios_l)``.
+        """
         super().__init__()
         if not 0.0 <= offset < 1.0:
             raise ValueError(f"MODEL.ANCHOR_GENERATOR.OFFSET must be in [0, 1), got {offset}.")

@@ -39,6 +39,12 @@ class _DeltaCoderBase:
 
     @configurable
     def __init__(self, *, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), scale_clamp: float = math.log(1000.0 / 16)) -> None:
+        """
+        Args:
+            weights: ``(wx, wy, ww, wh)``: deltas ``[R, 4]`` are the normalised offsets times these.
+            scale_clamp: upper bound of ``dw, dh`` (after dividing by ``ww, wh``) before ``exp`` in
+                :meth:`decode`, so that no decoded box grows by more than ``exp(scale_clamp)``.
+        """
         if len(weights) != 4:
             raise ValueError(f"MODEL.RETINANET.BBOX_REG_WEIGHTS needs 4 values, got {list(weights)}.")
         self.weights: tuple[float, float, float, float] = tuple(float(w) for w in weights)  # type: ignore[assignment]

@@ -58,6 +58,16 @@ class RetinaNetHead(nn.Module):
         norm: str = "",
         prior_prob: float = 0.01,
     ) -> None:
+        """
+        Args:
+            in_channels: ``C``, channels of every input level ``[N, C, H_l, W_l]``.
+            num_anchors: ``A``, anchors per location (the same on every level).
+            num_classes: ``K``; the classification output per level is ``[N, A*K, H_l, W_l]``
+                (channel ``a*K + k``), the box output ``[N, A*4, H_l, W_l]`` (channel ``a*4 + j``).
+            num_convs: 3x3 conv (+ norm) + ReLU layers in each tower before the output conv.
+            norm: normalisation in the towers (``""`` none, ``"GN"``, ``"BN"``, ...), see ``get_norm``.
+            prior_prob: initial foreground probability of every anchor and class.
+        """
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"MODEL.RETINANET.NUM_CLASSES must be >= 1, got {num_classes}.")

@@ -31,6 +31,13 @@ class SigmoidFocalLoss(nn.Module):
 
     @configurable
     def __init__(self, *, alpha: float = 0.25, gamma: float = 2.0) -> None:
+        """
+        Args:
+            alpha: weight of the positive targets (``1 - alpha`` for negatives); < 0 disables it.
+            gamma: focusing exponent on ``(1 - p_t)``; 0 gives binary cross-entropy.
+
+        ``forward(logits [P, K], targets [P, K]) -> []``: the sum over all elements.
+        """
         super().__init__()
         self.alpha, self.gamma = alpha, gamma
 
@@ -67,6 +74,13 @@ class SmoothL1Loss(_DeltaLoss):
 
     @configurable
     def __init__(self, *, beta: float = 0.1) -> None:
+        """
+        Args:
+            beta: transition point between the quadratic and linear parts (``< 1e-5``: L1).
+
+        ``forward(pred_deltas [F, 4], anchors [F, 4], gt_boxes [F, 4], box_coder) -> []``: the
+        sum over the ``F`` foreground anchors of the loss on ``pred_deltas - encode(anchors, gt_boxes)``.
+        """
         super().__init__()
         self.beta = beta
 

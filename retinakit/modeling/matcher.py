@@ -46,6 +46,14 @@ class IoUMatcher:
         labels: Sequence[int] = (0, -1, 1),
         allow_low_quality_matches: bool = True,
     ) -> None:
+        """
+        Args:
+            thresholds: increasing IoU band edges ``[t0, ..., t_{B-1}]`` applied to each anchor's
+                best quality over the ``G`` boxes (a column max of ``quality [G, R]``).
+            labels: ``B + 1`` labels, one per band, each 1 (foreground), 0 (background) or -1 (ignore).
+            allow_low_quality_matches: also make foreground, for every box, the anchors whose
+                quality equals that box's best (positive) quality.
+        """
         if len(labels) != len(thresholds) + 1:
             raise ValueError(f"IOU_LABELS needs one more entry than IOU_THRESHOLDS: got {list(labels)} and {list(thresholds)}.")
         if list(thresholds) != sorted(thresholds):

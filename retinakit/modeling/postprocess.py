@@ -102,6 +102,26 @@ class RetinaNetPostProcessor(nn.Module):
         allow_reference_ops: bool = False,
         filter_empty_boxes: bool = True,
     ) -> None:
+        """
+        Args:
+            box_coder: a :class:`~retinakit.modeling.protocols.BoxCoder` (only ``decode`` is used:
+                ``deltas [R, 4]``, ``anchors [R, 4]`` -> boxes ``[R, 4]``); with
+                ``fused_decode_params`` the fused kernel decodes instead.
+            score_thresh: candidates need ``sigmoid(logit) > score_thresh``.
+            topk_candidates: at most this many candidates per level and image (best scores).
+            nms_thresh: IoU above which NMS drops the lower-scored box (``"batched"``/``"agnostic"``),
+                or the soft-NMS IoU threshold of the linear method.
+            max_detections: ``D``, detections kept per image after NMS (best scores).
+            nms_type: ``"batched"`` (per class), ``"agnostic"`` or ``"soft"`` (per-class soft-NMS).
+            soft_nms_method: ``"linear"`` or ``"gaussian"`` decay (``nms_type="soft"``).
+            soft_nms_sigma: the Gaussian decay's ``sigma``.
+            soft_nms_score_thresh: soft-NMS drops boxes whose decayed score falls below it.
+            allow_reference_ops: use the pure-torch reference ops when the extension is not built.
+            filter_empty_boxes: drop candidates whose clipped box is empty (or NaN) before NMS.
+
+        ``forward`` takes per level ``cls_logits [N, A*K, H_l, W_l]``, ``box_deltas [N, A*4, H_l, W_l]``,
+        ``anchors [H_l*W_l*A, 4]`` and ``N`` image sizes; see :meth:`forward`.
+        """
         super().__init__()
         if nms_type not in _NMS_TYPES:
             raise ValueError(f"MODEL.POSTPROCESSOR.NMS_TYPE must be one of {_NMS_TYPES}, got {nms_type!r}.")

@@ -76,6 +76,17 @@ class FPN(Backbone):
         fuse_type: str = "sum",
         top_block_in: str = "p5",
     ) -> None:
+        """
+        Args:
+            bottom_up: backbone whose outputs ``in_features`` (``[N, C_i, H/s_i, W/s_i]``, strides
+                doubling) feed the pyramid.
+            in_features: names of those outputs, finest first (e.g. ``["res3", "res4", "res5"]``).
+            out_channels: channels of every output level ``p{log2(s)}`` ``[N, out_channels, H/s, W/s]``.
+            norm: normalisation after the lateral and output convs (``""``: none).
+            fuse_type: ``"sum"`` or ``"avg"`` of the lateral and the upsampled coarser level.
+            top_block_in: input of P6 (``"p5"``, or ``"c5"`` the last bottom-up output);
+                P6 and P7 have strides ``2 s_last`` and ``4 s_last``.
+        """
         super().__init__()
         if fuse_type not in ("sum", "avg"):
             raise ValueError(f"MODEL.FPN.FUSE_TYPE must be 'sum' or 'avg', got '{fuse_type}'.")

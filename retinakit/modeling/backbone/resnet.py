@@ -115,6 +115,19 @@ class ResNet(Backbone):
         width_per_group: int = 64,
         stride_in_1x1: bool = False,
     ) -> None:
+        """
+        Args:
+            depth: 18, 34 (basic blocks), 50, 101 or 152 (bottlenecks).
+            out_features: stages to return among ``"res2"`` .. ``"res5"``; ``res_k`` is
+                ``[N, C_k, H/2^k, W/2^k]`` for input images ``[N, in_channels, H, W]``.
+            norm: ``"FrozenBN"``, ``"BN"``, ``"SyncBN"``, ``"GN"`` or ``""`` (none).
+            freeze_at: freeze the stem (``>= 1``) and the first ``freeze_at - 1`` stages (0: nothing).
+            in_channels: channels of the input images.
+            num_groups: groups of the 3x3 convs (ResNeXt; bottleneck depths only).
+            width_per_group: bottleneck width per group (64 for ResNet).
+            stride_in_1x1: put a bottleneck's downsampling stride in its first 1x1 conv (MSRA/Caffe
+                weights) instead of its 3x3 conv (torchvision).
+        """
         super().__init__()
         if depth not in RESNET_SPECS:
             raise ValueError(f"MODEL.RESNETS.DEPTH={depth} is not supported; choose one of {sorted(RESNET_SPECS)}.")

@@ -81,6 +81,41 @@ class RetinaNet(nn.Module):
         max_size_test: int = 1333,
         crowd_ignore_iou: float = 0.4,
     ) -> None:
+        """
+        Args:
+            backbone: maps images ``[N, C, H, W]`` (normalised, padded) to named feature maps
+                ``{name: [N, C_l, H_l, W_l]}``; its ``size_divisibility`` sets the padding.
+            head: per-level features (list of ``[N, C, H_l, W_l]``) -> ``(cls_logits, box_deltas)``,
+                lists of ``[N, A*K, H_l, W_l]`` and ``[N, A*4, H_l, W_l]``.
+            head_in_features: names of the backbone outputs the head uses, in level order
+                (``MODEL.RETINANET.IN_FEATURES``, e.g. ``["p3", ..., "p7"]``).
+            anchor_generator: (features, image size ``(H, W)``) -> per level anchors
+                ``[H_l*W_l*A, 4]`` XYXY, location-major, anchor-minor.
+            box_coder: a :class:`~retinakit.modeling.protocols.BoxCoder`:
+                ``encode(anchors [R, 4], boxes [R, 4]) -> [R, 4]``, ``decode(deltas [R, 4], anchors [R, 4]) -> [R, 4]``.
+            matcher: a :class:`~retinakit.modeling.protocols.Matcher`:
+                ``match(MatchInputs(anchors per level, gt_boxes [G, 4])) -> (matches [R] int64, labels [R] int8)``.
+            cls_loss: ``(logits [P, K], one-hot targets [P, K]) -> summed loss`` over the
+                ``P`` non-ignored anchors of the batch (the focal loss).
+            reg_loss: ``(pred_deltas [F, 4], anchors [F, 4], gt_boxes [F, 4], box_coder) -> summed loss``
+                over the ``F`` foreground anchors.
+            postprocessor: a :class:`~retinakit.modeling.protocols.PostProcessor`:
+                ``(cls_logits, box_deltas, anchors, image_sizes) -> list[Instances]``.
+            num_classes: ``K``, foreground classes (the background is implicit).
+            pixel_mean, pixel_std: per channel (``C`` values, 0-255 scale, ``INPUT.FORMAT`` order);
+                images are normalised as ``(image - mean) / std``.
+            loss_normalizer_momentum: momentum of the moving foreground-anchor count that
+                normalises both losses (0 = this batch's count only).
+            resize_in_model: resize images inside the model (short side ``min_size_*``, long
+                side at most ``max_size_*``) instead of in the data loader.
+            min_size_train: short-side sizes drawn from in training (with ``resize_in_model``).
+            max_size_train: long-side limit in training (with ``resize_in_model``).
+            min_size_test: short side in inference (with ``resize_in_model``).
+            max_size_test: long-side limit in inference (with ``resize_in_model``).
+            crowd_ignore_iou: anchors whose IoU with a crowd (``gt_ignore``) box is at least
+                this, and that the matcher did not make foreground, are ignored in the losses
+                (from the config: the lowest of ``MODEL.RETINANET.IOU_THRESHOLDS``).
+        """
         super().__init__()
         self.backbone = backbone
         self.head = head
