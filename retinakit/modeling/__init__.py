@@ -10,7 +10,8 @@ from .heads import HEAD_REGISTRY, RetinaNetHead, build_head
 from .losses import LOSS_REGISTRY, build_loss
 from .matcher import MATCHER_REGISTRY, IoUMatcher, build_matcher
 from .meta_arch import META_ARCH_REGISTRY, RetinaNet, build_model
-from .postprocess import POSTPROCESSOR_REGISTRY
+from .postprocess import POSTPROCESSOR_REGISTRY, build_postprocessor
+from .protocols import BoxCoder, FusedDecodeBoxCoder, Matcher, MatchInputs, PostProcessor
 
 __all__ = [
     "ANCHOR_GENERATOR_REGISTRY",
@@ -23,10 +24,15 @@ __all__ = [
     "META_ARCH_REGISTRY",
     "POSTPROCESSOR_REGISTRY",
     "Backbone",
+    "BoxCoder",
     "DefaultAnchorGenerator",
     "DeltaXYWHBoxCoder",
+    "FusedDecodeBoxCoder",
     "IoUMatcher",
     "LegacyDeltaXYWHBoxCoder",
+    "MatchInputs",
+    "Matcher",
+    "PostProcessor",
     "ResNet",
     "RetinaNet",
     "RetinaNetHead",
@@ -38,6 +44,7 @@ __all__ = [
     "build_loss",
     "build_matcher",
     "build_model",
+    "build_postprocessor",
     "fuse_frozen_batchnorm",
     "prepare_for_inference",
 ]
