@@ -55,3 +55,13 @@ def tiny_cfg(output_dir: str, **overrides: Any) -> Any:
 def params_of(model: nn.Module) -> dict[str, torch.Tensor]:
     m = model.module if hasattr(model, "module") else model
     return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def expected_hook_events(names: list[str], num_iters: int) -> list[tuple[str, str, int]]:
+    """The (hook name, event, iteration) log of hooks ``names`` (in registration order) over
+    ``num_iters`` iterations from 0: every documented event, in the documented order."""
+    log = [(n, "before_train", 0) for n in names]
+    for it in range(num_iters):
+        for ev in ("before_step", "after_backward", "after_step"):
+            log += [(n, ev, it) for n in names]
+    return log + [(n, "after_train", num_iters) for n in names]

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from _engine_trainer import expected_hook_events
 
 from retinakit.config import get_cfg
 from retinakit.data.datasets import ShapesSpec, generate_shapes
@@ -82,10 +83,5 @@ def test_default_trainer_dispatches_every_documented_event(tmp_path, shapes, sol
     trainer.register_hooks([Recorder("a", log), Recorder("b", log)])
     trainer.resume_or_load(resume=False)
     trainer.train()
-    expected = [("a", "before_train", 0), ("b", "before_train", 0)]
-    for it in range(2):
-        for ev in ("before_step", "after_backward", "after_step"):
-            expected += [("a", ev, it), ("b", ev, it)]
-    expected += [("a", "after_train", 2), ("b", "after_train", 2)]
-    assert log == expected
+    assert log == expected_hook_events(["a", "b"], 2)
     assert trainer.completed

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 from _engine_dummy import DummyDetector, SyntheticLoader
-from _engine_trainer import DummyTrainer, tiny_cfg
+from _engine_trainer import DummyTrainer, expected_hook_events, tiny_cfg
 
 from retinakit.checkpoint import Checkpointer
 from retinakit.engine import (
@@ -60,12 +60,7 @@ def test_hook_order_and_calls():
     t = _simple()
     t.register_hooks([Recorder("a", log), None, Recorder("b", log)])
     t.train(0, 2)
-    expected = [("a", "before_train", 0), ("b", "before_train", 0)]
-    for it in range(2):
-        for ev in ("before_step", "after_backward", "after_step"):
-            expected += [("a", ev, it), ("b", ev, it)]
-    expected += [("a", "after_train", 2), ("b", "after_train", 2)]
-    assert log == expected
+    assert log == expected_hook_events(["a", "b"], 2)
     assert t.completed
 
 
