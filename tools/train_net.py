@@ -81,7 +81,7 @@ def _checkpoints(out_dir: str) -> list[str]:
 def _evaluate_file(cfg: Any, model: Any, path: str) -> tuple[int, dict[str, Any]]:
     ckpt = load_checkpoint_file(path)
     it = int(ckpt.get("iteration", -1))
-    Checkpointer(model, save_to_disk=False)._restore(ckpt, path, checkpointables=[])
+    Checkpointer(model, save_to_disk=False, cfg=cfg)._restore(ckpt, path, checkpointables=[])
     return it, DefaultTrainer.test(cfg, model)
 
 
@@ -126,7 +126,7 @@ def main(args: Any) -> Any:
         model = DefaultTrainer.build_model(cfg)
         if args.watch:
             return watch(cfg, model)
-        ck = Checkpointer(model, cfg.OUTPUT_DIR, save_to_disk=False)
+        ck = Checkpointer(model, cfg.OUTPUT_DIR, save_to_disk=False, cfg=cfg)
         path = cfg.MODEL.WEIGHTS or ck.get_checkpoint_file()
         if not path:
             raise ConfigError("--eval-only needs MODEL.WEIGHTS, or a checkpoint in OUTPUT_DIR (last_checkpoint).")

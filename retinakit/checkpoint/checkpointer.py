@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config.config import CfgNode
 from ..utils import comm
 
 __all__ = ["Checkpointer", "atomic_torch_save", "get_rng_state", "load_checkpoint_file", "set_rng_state"]
@@ -153,14 +154,23 @@ class Checkpointer:
         model: the model (a DDP wrapper is unwrapped).
         save_dir: where checkpoints live.
         save_to_disk: whether this process writes files (rank 0 by default).
+        cfg: the config ``model`` was built from; loaded weights converted from another project
+            are checked against it (without it such weights are refused, see ``load_model_weights``).
         checkpointables: e.g. ``optimizer=..., scheduler=..., trainer=...``.
     """
 
     def __init__(
-        self, model: nn.Module, save_dir: str = "", *, save_to_disk: bool | None = None, **checkpointables: Any
+        self,
+        model: nn.Module,
+        save_dir: str = "",
+        *,
+        save_to_disk: bool | None = None,
+        cfg: CfgNode | None = None,
+        **checkpointables: Any,
     ) -> None:
         self.model = _unwrap(model)
         self.save_dir = save_dir
+        self.cfg = cfg
         self.save_to_disk = comm.is_main_process() if save_to_disk is None else save_to_disk
         self.checkpointables = checkpointables
 
@@ -240,7 +250,8 @@ class Checkpointer:
         if state is None:
             state = ckpt  # a bare state_dict
             ckpt = {}
-        self._load_model(state, path)
+        info = ckpt.pop("__retinakit__", None)  # what converted weights need from the config
+        self._load_model(state, path, info)
         names = self.checkpointables.keys() if checkpointables is None else checkpointables
         for key in names:
             if key in ckpt:
@@ -263,12 +274,16 @@ class Checkpointer:
         set_rng_state(rng[rank] if rank < len(rng) else rng[0])
         return True
 
-    def _load_model(self, state: Mapping[str, Any], source: str) -> None:
+    def _load_model(self, state: Mapping[str, Any], source: str, info: Mapping[str, Any] | None = None) -> None:
         """Load model weights through ``load_model_weights`` (converts torchvision/ImageNet
-        weights, names mismatching keys/shapes, skips class-count-specific head layers)."""
+        weights, names mismatching keys/shapes, skips class-count-specific head layers, checks
+        converted weights' requirements ``info`` against ``self.cfg``)."""
         from .model_loading import load_model_weights
 
-        load_model_weights(self.model, dict(state), source)
+        checkpoint: dict[str, Any] = {"model": dict(state)}
+        if info is not None:
+            checkpoint["__retinakit__"] = info
+        load_model_weights(self.model, checkpoint, source, cfg=self.cfg)
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         """With ``resume`` and a checkpoint in save_dir: restore everything from the newest

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config.config import CfgNode
 from .converters import check_config, convert, detect_source
 
 __all__ = ["CheckpointMismatchError", "LoadReport", "extract_state_dict", "load_model_weights"]
@@ -59,15 +60,27 @@ def extract_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]
     return sd
 
 
-def _native(sd: Mapping[str, torch.Tensor], model_sd: Mapping[str, torch.Tensor]) -> bool:
-    return any(k in model_sd for k in sd)
+def _foreign_source(sd: Mapping[str, torch.Tensor], model_sd: Mapping[str, torch.Tensor]) -> str | None:
+    """The converter for ``sd``: None when every key is one of this model's, else the project
+    whose key pattern ``sd`` follows (some of detectron2's keys, ``head.cls_score.*``, coincide
+    with retinakit's, so a partial overlap does not make a state dict native)."""
+    if all(k in model_sd for k in sd):
+        return None
+    return detect_source(sd)
 
 
-def _check_requirements(info: Mapping[str, Any], cfg: Any, source: str) -> None:
+def _check_requirements(info: Mapping[str, Any], cfg: CfgNode | None, source: str) -> None:
     """Converted weights also need config values that shapes cannot reveal (channel order,
-    stride placement, anchor offset, box coder): refuse a config that contradicts them."""
-    if cfg is None or not info.get("requires"):
+    stride placement, anchor offset, box coder): refuse a config that contradicts them, and
+    refuse to load them without a config to check (never skip the check silently)."""
+    if not info.get("requires"):
         return
+    if cfg is None:
+        raise CheckpointMismatchError(
+            f"The weights in {source} were converted from {info.get('source', 'another project')} and need config values "
+            f"that their shapes cannot reveal ({', '.join(sorted(info['requires']))}), but no config was given to check: "
+            "pass the config the model was built from (load_model_weights(..., cfg=cfg), Checkpointer(..., cfg=cfg))."
+        )
     problems = check_config(info, cfg)
     if problems:
         raise CheckpointMismatchError(
@@ -79,27 +92,25 @@ def _check_requirements(info: Mapping[str, Any], cfg: Any, source: str) -> None:
 
 
 def load_model_weights(
-    model: nn.Module, checkpoint: Mapping[str, Any], source: str = "checkpoint", cfg: Any = None
+    model: nn.Module, checkpoint: Mapping[str, Any], source: str = "checkpoint", cfg: CfgNode | None = None
 ) -> LoadReport:
     """Load ``checkpoint`` into ``model``; see the module docstring for the rules.
 
-    ``cfg`` (default: the config ``build_model`` recorded on the model) is checked against
-    what converted weights require (``__retinakit__["requires"]``, or the requirements of
-    an on-the-fly conversion).
+    ``cfg`` (the config ``model`` was built from) is checked against what converted weights
+    require (``__retinakit__["requires"]``, or the requirements of an on-the-fly conversion
+    from detectron2 / ODTK). Such weights without ``cfg`` raise :class:`CheckpointMismatchError`;
+    retinakit checkpoints and torchvision weights need no config.
     """
     report = LoadReport()
     sd = extract_state_dict(checkpoint)
     target = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
-    if cfg is None:
-        cfg = getattr(target, "_build_cfg", None)
     model_sd = target.state_dict()
     info = checkpoint.get("__retinakit__", {}) if isinstance(checkpoint.get("__retinakit__"), Mapping) else {}
-    if not _native(sd, model_sd):
-        origin = detect_source(sd)
-        if origin is not None:
-            sd, info = convert(origin, sd)
-            report.converted_from = origin
-            logger.info("Converted %s weights from %s (%s).", origin, source, info.get("kind", ""))
+    origin = _foreign_source(sd, model_sd)
+    if origin is not None:
+        sd, info = convert(origin, sd)
+        report.converted_from = origin
+        logger.info("Converted %s weights from %s (%s).", origin, source, info.get("kind", ""))
     _check_requirements(info, cfg, source)
     class_prefixes = tuple(getattr(target, "class_specific_keys", ()))
     usable: dict[str, torch.Tensor] = {}

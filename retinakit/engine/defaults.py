@@ -175,7 +175,7 @@ class DefaultTrainer(TrainerBase):
         self.optimizer = optimizer
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = Checkpointer(
-            model, cfg.OUTPUT_DIR, optimizer=optimizer, scheduler=self.scheduler, trainer=self
+            model, cfg.OUTPUT_DIR, cfg=cfg, optimizer=optimizer, scheduler=self.scheduler, trainer=self
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER

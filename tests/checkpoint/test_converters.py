@@ -169,7 +169,7 @@ def test_cli_converts_detectron2_model_zoo_pickle(tmp_path, capsys):
 
     cfg.merge_from_list(["MODEL.DEVICE", "cpu"])
     model = build_model(cfg)
-    assert load_model_weights(model, ckpt).missing == []
+    assert load_model_weights(model, ckpt, cfg=cfg).missing == []
     torch.testing.assert_close(model.head.bbox_subnet[0].conv.weight, torch.as_tensor(np.asarray(sd["head.bbox_subnet.0.weight"])))
 
 

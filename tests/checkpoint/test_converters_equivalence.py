@@ -484,7 +484,7 @@ def test_odtk_detections_match(tmp_path, name, ratios, scales, size):
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.POSTPROCESSOR.FILTER_EMPTY_BOXES", False])
     assert os.path.samefile(cfg.MODEL.WEIGHTS, dst)
     model = build_model(cfg).eval()
-    report = load_model_weights(model, torch.load(dst, weights_only=True))
+    report = load_model_weights(model, torch.load(dst, weights_only=True), cfg=cfg)
     assert report.missing == []
     mean = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
     std = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)

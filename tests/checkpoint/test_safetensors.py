@@ -130,8 +130,8 @@ def test_converted_weights_metadata_survives(tmp_path):
     ckpt = load_checkpoint_file(path)
     assert ckpt["__retinakit__"] == info
     with pytest.raises(CheckpointMismatchError, match=r"(?s)INPUT\.FORMAT: config has 'RGB'.*detectron2"):
-        load_model_weights(build_model(_cfg("RGB")), ckpt, source=path)
-    assert load_model_weights(build_model(_cfg("BGR")), ckpt, source=path).missing == []
+        load_model_weights(build_model(_cfg("RGB")), ckpt, source=path, cfg=_cfg("RGB"))
+    assert load_model_weights(build_model(_cfg("BGR")), ckpt, source=path, cfg=_cfg("BGR")).missing == []
 
 
 def _convert_tool() -> Any:

@@ -107,7 +107,7 @@ def main(args: argparse.Namespace) -> int:
     cfg.merge_from_file(args.config_file)
     cfg.MODEL.DEVICE = "cpu"
     rk = build_model(cfg).eval()
-    load_model_weights(rk, {"model": tv.state_dict()}, "torchvision retinanet_resnet50_fpn (random)")
+    load_model_weights(rk, {"model": tv.state_dict()}, "torchvision retinanet_resnet50_fpn (random)", cfg=cfg)
     h, w = args.size
     img = _image(h, w)
     variants: dict[str, Callable[[], Any]] = {"torchvision eager": _no_grad(lambda: tv([img.float() / 255.0]))}

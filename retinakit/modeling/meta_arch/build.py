@@ -32,11 +32,10 @@ def resolve_device(device: str) -> torch.device:
 def build_model(cfg: CfgNode) -> nn.Module:
     """Build ``cfg.MODEL.META_ARCHITECTURE`` (after importing ``CUSTOM_IMPORTS``) on ``MODEL.DEVICE``.
 
-    Weights are not loaded here: use the Checkpointer (``MODEL.WEIGHTS``).
+    Weights are not loaded here: use ``Checkpointer(model, cfg=cfg)`` (``MODEL.WEIGHTS``), which
+    checks converted weights against ``cfg``.
     """
     import_custom_modules(cfg.CUSTOM_IMPORTS)
     model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
-    # Weight loading checks converted checkpoints against the config the model was built from.
-    model._build_cfg = cfg.clone()
     model.to(resolve_device(cfg.MODEL.DEVICE))
     return model
