@@ -58,6 +58,8 @@ class ResNet10(Backbone):
     (only ``out_features``; spatial sizes rounded up).
     """
 
+    out_features_key = "MODEL.RESNET10.OUT_FEATURES"
+
     @configurable
     def __init__(
         self,

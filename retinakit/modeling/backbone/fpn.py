@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config import CfgNode, configurable
-from .backbone import Backbone, ShapeSpec
+from ...config import CfgNode, ConfigError, configurable
+from .backbone import Backbone, ShapeSpec, describe_features, out_features_key
 from .build import BACKBONE_REGISTRY
 from .norm import get_norm
 
@@ -95,7 +95,11 @@ class FPN(Backbone):
         shapes = bottom_up.output_shape()
         missing = [f for f in in_features if f not in shapes]
         if missing:
-            raise ValueError(f"FPN input features {missing} are not produced by the bottom-up network (it has {list(shapes)}).")
+            raise ConfigError(
+                f"MODEL.FPN.IN_FEATURES names {missing}, which the bottom-up network ({type(bottom_up).__name__}) does not output "
+                f"(it outputs {describe_features(shapes)}): add them to {out_features_key(bottom_up)} "
+                "or remove them from MODEL.FPN.IN_FEATURES."
+            )
         self.bottom_up = bottom_up
         self.in_features = list(in_features)
         self._fuse_type = fuse_type

@@ -101,6 +101,7 @@ class ResNet(Backbone):
     """ResNet bottom-up network returning ``{"res2".."res5": Tensor[N, C, H/s, W/s]}``."""
 
     conv_norm_pairs = (("conv1", "bn1"),)  # the stem: bn1(conv1(x)) (see modeling/fuse.py)
+    out_features_key = "MODEL.RESNETS.OUT_FEATURES"
 
     @configurable
     def __init__(
