@@ -9,6 +9,9 @@ the fraction of boxes with an anchor at IoU >= MODEL.RETINANET.IOU_THRESHOLDS[-1
 matcher's foreground threshold) and the mean best IoU, overall and per box size.
 ``--suggest`` searches MODEL.ANCHOR_GENERATOR.{SIZES, OCTAVE_SCALES, ASPECT_RATIOS} with
 the same number of anchors per location and prints the YAML lines to paste.
+Level advice (unless ``--no-levels``): the configured head levels against adding P2 (stride 4)
+and dropping top levels no box needs, with coverage, anchors per image and GFLOPs at the test
+size for each, and the overrides of the recommended levels (retinakit.analysis.anchors.levels).
 The histogram goes to DIR/anchor_coverage.png and the numbers to DIR/anchor_coverage.json.
 """
 from __future__ import annotations
@@ -24,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from retinakit.analysis.anchors import (
     FINE_EDGES,
     AnchorCoverageReport,
+    LevelAdvice,
+    advise_levels,
     anchor_coverage,
     suggest_anchors,
 )
@@ -42,6 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-images", type=int, default=2000, help="use a fixed random subset of this many images (0: all)")
     p.add_argument("--method", choices=("auto", "grid", "bruteforce"), default="auto",
                    help="exact closed form for grid anchors (auto) or IoU with every anchor")
+    p.add_argument("--no-levels", action="store_true", help="skip the pyramid-level advice (P2, dropping top levels)")
+    p.add_argument("--min-level-gain", type=float, default=0.05, metavar="G",
+                   help="a finer level is recommended only if it raises small-box coverage by at least G (default 0.05)")
+    p.add_argument("--min-gain-per-gflop", type=float, default=0.0, metavar="R",
+                   help="... and by at least R per extra model GFLOP at the test size (default 0: off)")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE pairs")
     return p.parse_args(argv)
 
@@ -66,8 +76,9 @@ def report_json(r: AnchorCoverageReport) -> dict[str, Any]:
     }
 
 
-def plot(reports: list[AnchorCoverageReport], path: str) -> bool:
-    """Best-IoU histogram and coverage per box size; False (with a note) without matplotlib."""
+def plot(reports: list[AnchorCoverageReport], path: str, levels: LevelAdvice | None = None) -> bool:
+    """Best-IoU histogram, coverage per box size and (with ``levels``) coverage per box size of
+    each level option with its GFLOPs; False (with a note) without matplotlib."""
     try:
         import matplotlib
 
@@ -76,7 +87,8 @@ def plot(reports: list[AnchorCoverageReport], path: str) -> bool:
     except ImportError:
         print("NOTE: matplotlib is not installed (pip install matplotlib); no PNG written.")
         return False
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 3 if levels else 2, figsize=(19 if levels else 12, 4.5))
+    ax0, ax1 = axes[0], axes[1]
     bins = [i / 40 for i in range(41)]
     for r in reports:
         ax0.hist(r.best_iou.numpy(), bins=bins, alpha=0.55, label=f"{r.label}: {r.coverage:.1%} covered")
@@ -91,10 +103,41 @@ def plot(reports: list[AnchorCoverageReport], path: str) -> bool:
     ax1.set_xticks([i + width * (len(reports) - 1) / 2 for i in range(len(names))], names, rotation=30)
     ax1.set(xlabel="box size sqrt(area), px (resized)", ylabel="coverage", ylim=(0, 1.05), title="Coverage per box size")
     ax1.legend()
+    if levels:
+        plot_levels(axes[2], levels)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def plot_levels(ax: Any, advice: LevelAdvice) -> None:
+    """Coverage per box size of every level option; the legend gives its model GFLOPs at the test size."""
+    names = [n for n, c, _, _ in advice.options[0].report.rows()[4:] if c]
+    width = 0.8 / len(advice.options)
+    for k, o in enumerate(advice.options):
+        cov = {n: cv for n, _, cv, _ in o.report.rows()}
+        star = " (recommended)" if o is advice.recommended else ""
+        ax.bar([i + k * width for i in range(len(names))], [cov[n] for n in names], width,
+               label=f"{', '.join(o.head_in_features)}: {o.model_gflops:.1f} GFLOPs{star}")
+    ax.set_xticks([i + width * (len(advice.options) - 1) / 2 for i in range(len(names))], names, rotation=30)
+    h, w = advice.test_size
+    ax.set(xlabel="box size sqrt(area), px (resized)", ylabel="coverage", ylim=(0, 1.05),
+           title=f"Pyramid levels (GFLOPs at {h}x{w})")
+    ax.legend(fontsize=7)
+
+
+def print_levels(advice: LevelAdvice) -> None:
+    h, w = advice.test_size
+    print(f"\nPyramid levels: coverage by box size, anchors per image and GFLOPs at the test size {h}x{w} "
+          "(torch.utils.flop_counter on the built head / backbone + FPN + head; (+) vs configured):\n")
+    print(advice.table())
+    if advice.p2_note:
+        print(f"\nNo P2 option: {advice.p2_note}.")
+    print(f"\nRecommended levels: {', '.join(advice.recommended.head_in_features)} ({advice.recommended.name}): {advice.reason}.")
+    print("Paste into the config:\n")
+    print(advice.yaml())
+    print("\nor append to the command line:\n  " + " ".join(advice.overrides()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(before.table())
         print(f"\n{before.summary()}")
+    levels = None
+    if not args.no_levels and before.num_boxes:
+        levels = advise_levels(cfg, dicts, mode=args.mode, max_images=max_images, min_gain=args.min_level_gain,
+                               min_gain_per_gflop=args.min_gain_per_gflop)
+        out["levels"] = levels.to_json()
+        print_levels(levels)
     if before.num_boxes and before.coverage < 0.9 and not args.suggest:
         print("Coverage is low: run again with --suggest for better MODEL.ANCHOR_GENERATOR settings.")
     folder = args.output or os.path.join(cfg.OUTPUT_DIR, "anchors")
@@ -134,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(folder, "anchor_coverage.json"), "w", encoding="utf-8") as f:
         json.dump(out, f, indent=1)
     png = os.path.join(folder, "anchor_coverage.png")
-    if before.num_boxes and plot(reports, png):
+    if before.num_boxes and plot(reports, png, levels):
         print(f"Wrote {png}")
     print(f"Wrote {os.path.join(folder, 'anchor_coverage.json')} (size bins: {', '.join(f'{e:g}' for e in FINE_EDGES)})")
     return 0

@@ -13,6 +13,9 @@ with the feature-map sizes its backbone produces (``output_shape()`` strides).
   location: k-means (1 - IoU distance) for the aspect ratios, a grid search over the scale
   family ``size_l = a * stride_l``, ``octave_j = 2^(j * d)``, then a local search.
 * :func:`check_anchor_coverage` is the one-call check a trainer can run at start.
+* :func:`advise_levels` -> :class:`LevelAdvice`: the configured pyramid levels against adding P2
+  and dropping top levels no box needs (coverage, anchors per image, GFLOPs), with a documented
+  recommendation rule and the config overrides of the recommended levels.
 
 Best IoUs are computed exactly in two ways: by brute force over every anchor of the
 image (any anchor generator), or, for grid generators (``DefaultAnchorGenerator``), in
@@ -20,13 +23,14 @@ closed form (see :mod:`.iou`).
 
 Modules: ``inputs`` (boxes as the anchors see them; the model's anchor generator and
 feature-map sizes), ``iou`` (best IoU, k-means of box shapes), ``coverage`` (report and
-coverage) and ``search`` (anchor search).
+coverage), ``search`` (anchor search) and ``levels`` (level advice).
 """
 from __future__ import annotations
 
 from .coverage import COCO_BUCKETS, FINE_EDGES, AnchorCoverageReport, anchor_coverage, check_anchor_coverage
 from .inputs import AnchorSetup, GroundTruth, collect_ground_truth
 from .iou import best_iou_bruteforce, best_iou_grid, kmeans_aspect_ratios
+from .levels import LevelAdvice, LevelOption, advise_levels
 from .search import AnchorSuggestion, suggest_anchors
 
 __all__ = [
@@ -36,6 +40,9 @@ __all__ = [
     "AnchorSetup",
     "AnchorSuggestion",
     "GroundTruth",
+    "LevelAdvice",
+    "LevelOption",
+    "advise_levels",
     "anchor_coverage",
     "best_iou_bruteforce",
     "best_iou_grid",
