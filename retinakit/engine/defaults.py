@@ -265,7 +265,8 @@ class DefaultTrainer(TrainerBase):
 
         out = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return COCOEvaluator(
-            dataset_name, out, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE, use_fast_impl=cfg.TEST.FAST_COCO_EVAL
+            dataset_name, out, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE, use_fast_impl=cfg.TEST.FAST_COCO_EVAL,
+            **_recall_settings(cfg),
         )
 
     @classmethod
@@ -318,6 +319,7 @@ class DefaultTrainer(TrainerBase):
         if cfg.SOLVER.EMA.ENABLED:
             self._ema = hooks.EMAHook(self.model, cfg.SOLVER.EMA.DECAY)
             out.append(self._ema)
+        _recall_settings(cfg)  # a bad TEST.RECALL_* value fails now, not after training
         out.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self._eval_function))
         if cfg.TEST.BEST_METRIC:  # on every rank: saving is collective (RNG states are gathered)
             out.append(hooks.BestCheckpointer(self.checkpointer, cfg.TEST.BEST_METRIC, cfg.TEST.BEST_MODE))
@@ -386,10 +388,20 @@ class DefaultTrainer(TrainerBase):
         self._trainer.run_step()
 
 
+def _recall_settings(cfg: CfgNode) -> dict[str, Any]:
+    """COCOEvaluator's recall-report arguments from ``TEST.RECALL_*``, checked (``ConfigError``)."""
+    from ..evaluation.recall import check_recall_settings
+
+    thresholds, edges = list(cfg.TEST.RECALL_SCORE_THRESHOLDS), list(cfg.TEST.RECALL_SIZE_EDGES)
+    check_recall_settings(thresholds, edges, ("TEST.RECALL_SCORE_THRESHOLDS", "TEST.RECALL_SIZE_EDGES"))
+    return {"recall_score_thresholds": thresholds, "recall_size_edges": edges}
+
+
 def _log_results(name: str, results: dict[str, Any]) -> None:
     for task, metrics in results.items():
         if isinstance(metrics, dict):
-            main = {k: v for k, v in metrics.items() if not k.startswith("AP-")}
+            # per-class APs and nested groups (the recall table) are logged by the evaluator
+            main = {k: v for k, v in metrics.items() if not k.startswith("AP-") and isinstance(v, (int, float))}
             text = "  ".join(f"{k}: {v:.4f}" for k, v in main.items())
             logger.info(f"Evaluation of {name} ({task}): {text}")
 

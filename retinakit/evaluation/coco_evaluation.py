@@ -14,6 +14,10 @@ pycocotools' except that its C++ ``accumulate`` divides ``tp / (tp + fp)`` witho
 pycocotools' ``np.spacing(1)`` in the denominator: where ``tp + fp == 1`` the precision is
 ``1.0`` instead of ``1 - 2**-52``. The metrics may therefore differ in the last bit
 (at most ~2.3e-16), never more (tested).
+
+Besides COCO's metrics, the results hold recall per box size at a few score thresholds
+(``recall`` and ``num_gt``, see :mod:`retinakit.evaluation.recall`), so a user sees whether
+small objects are found only at low scores and which score threshold to deploy with.
 """
 from __future__ import annotations
 
@@ -25,12 +29,14 @@ import json
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ..utils import comm
 from .evaluator import DatasetEvaluator
+from .recall import check_recall_settings, format_recall_table, found_scores, recall_by_size
 
 __all__ = ["COCOEvaluator", "dataset_dicts_to_coco", "instances_to_coco_json", "summary_metrics"]
 
@@ -140,6 +146,9 @@ class COCOEvaluator(DatasetEvaluator):
         use_fast_impl: use faster-coco-eval (C++ evaluate/accumulate) if installed, else
             pycocotools with a warning; the numbers equal pycocotools' up to the last bit
             (see the module docstring).
+        recall_score_thresholds: score thresholds of the recall-per-size report (results
+            ``recall/<t>/<bin>``; empty: no report). See :mod:`retinakit.evaluation.recall`.
+        recall_size_edges: sqrt(area) edges in pixels of the report's finer size bins.
     """
 
     def __init__(
@@ -152,7 +161,12 @@ class COCOEvaluator(DatasetEvaluator):
         contiguous_id_to_dataset_id: dict[int, int] | None = None,
         max_dets_per_image: int = 100,
         use_fast_impl: bool = False,
+        recall_score_thresholds: Sequence[float] = (0.05, 0.3, 0.5),
+        recall_size_edges: Sequence[float] = (8, 16, 32),
     ) -> None:
+        check_recall_settings(recall_score_thresholds, recall_size_edges, ("recall_score_thresholds", "recall_size_edges"))
+        self._recall_thresholds = [float(t) for t in recall_score_thresholds]
+        self._recall_edges = [float(e) for e in recall_size_edges]
         self._distributed = distributed
         self._output_dir = output_dir
         self._max_dets = max_dets_per_image
@@ -221,7 +235,20 @@ class COCOEvaluator(DatasetEvaluator):
             with open(path, "w", encoding="utf-8") as f:
                 json.dump(rows, f)
             logger.info(f"Wrote {len(rows)} detections of {len(image_ids)} images to {path}")
-        return OrderedDict(bbox=self._coco_eval(rows, image_ids))
+        results: dict[str, Any] = dict(self._coco_eval(rows, image_ids))
+        if self._recall_thresholds:
+            results.update(self._size_recall(rows, image_ids))
+        return OrderedDict(bbox=results)
+
+    def _size_recall(self, rows: list[dict[str, Any]], image_ids: list[Any]) -> dict[str, Any]:
+        """``{"recall": {"<t>": {bin: recall}}, "num_gt": {bin: boxes}}`` and a table in the log."""
+        areas, scores = found_scores(self._coco_gt.dataset.get("annotations", []), rows, image_ids, self._max_dets)
+        out = recall_by_size(areas, scores, self._recall_thresholds, self._recall_edges)
+        logger.info(
+            "Recall per box size (IoU >= 0.5, one detection per box; bins by sqrt(area) in px, boxes per bin in brackets):\n"
+            + format_recall_table(out)
+        )
+        return out
 
     def _coco_eval(self, rows: list[dict[str, Any]], image_ids: list[Any]) -> dict[str, float]:
         if not rows:

@@ -89,6 +89,13 @@ def add_solver_config(_C: CN) -> None:
     # Evaluate with faster-coco-eval (C++) when installed instead of pycocotools; the metrics
     # agree to 1e-15 (tests/evaluation/test_faster_coco_eval.py). Falls back with a warning.
     _C.TEST.FAST_COCO_EVAL = False
+    # COCO evaluation also reports recall per box size at these score thresholds (a box is
+    # found by a detection of its class with score >= t and IoU >= 0.5, matched one to one as
+    # COCO does; docs/getting_started.md, "Recall per box size"). Empty: no recall report.
+    _C.TEST.RECALL_SCORE_THRESHOLDS = [0.05, 0.3, 0.5]
+    # Edges (sqrt of the box area, pixels of the original image) of the finer size bins of that
+    # report, besides COCO's small/medium/large: [8, 16, 32] gives 0-8, 8-16, 16-32, over 32 px.
+    _C.TEST.RECALL_SIZE_EDGES = [8, 16, 32]
 
     # Extra hooks named in HOOK_REGISTRY, appended after the default hooks. Each is built
     # as HOOK_REGISTRY.get(name)(cfg, trainer).
