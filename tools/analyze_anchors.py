@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from typing import Any
 
@@ -32,6 +33,7 @@ from retinakit.analysis.anchors import (
     anchor_coverage,
     suggest_anchors,
 )
+from retinakit.analysis.anchors.inputs import check_levels_match_anchors
 from retinakit.config import ConfigError, get_cfg
 
 
@@ -124,20 +126,20 @@ def plot_levels(ax: Any, advice: LevelAdvice) -> None:
     h, w = advice.test_size
     ax.set(xlabel="box size sqrt(area), px (resized)", ylabel="coverage", ylim=(0, 1.05),
            title=f"Pyramid levels (GFLOPs at {h}x{w})")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
 
 
-def print_levels(advice: LevelAdvice) -> None:
+def print_levels(advice: LevelAdvice, anchors: str) -> None:
     h, w = advice.test_size
-    print(f"\nPyramid levels: coverage by box size, anchors per image and GFLOPs at the test size {h}x{w} "
+    print(f"\nPyramid levels with the {anchors} anchors: coverage by box size, anchors per image and GFLOPs at the test size {h}x{w} "
           "(torch.utils.flop_counter on the built head / backbone + FPN + head; (+) vs configured):\n")
     print(advice.table())
     if advice.p2_note:
         print(f"\nNo P2 option: {advice.p2_note}.")
     print(f"\nRecommended levels: {', '.join(advice.recommended.head_in_features)} ({advice.recommended.name}): {advice.reason}.")
-    print("Paste into the config:\n")
+    print(f"Paste into the config{' after the suggested anchors above' if anchors == 'suggested' else ''}:\n")
     print(advice.yaml())
-    print("\nor append to the command line:\n  " + " ".join(advice.overrides()))
+    print("\nor append to the command line:\n  " + " ".join(shlex.quote(x) for x in advice.overrides()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    check_levels_match_anchors(cfg)  # before the dataset is read
     try:
         names, dicts = load_dicts(cfg, args.dataset)
     except KeyError as e:  # an unknown dataset name: the catalog's message lists the registered ones
@@ -154,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     before = anchor_coverage(cfg, dicts, mode=args.mode, max_images=max_images, method=args.method, label="config")
     reports = [before]
     out: dict[str, Any] = {"config_file": args.config_file, "datasets": names, "config": report_json(before)}
+    tuned = cfg  # the anchors the level advice starts from: the suggested ones with --suggest
     if args.suggest:
         s = suggest_anchors(cfg, dicts, mode=args.mode, max_images=max_images)
         tuned = cfg.clone()
@@ -172,10 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{before.summary()}")
     levels = None
     if not args.no_levels and before.num_boxes:
-        levels = advise_levels(cfg, dicts, mode=args.mode, max_images=max_images, min_gain=args.min_level_gain,
+        levels = advise_levels(tuned, dicts, mode=args.mode, max_images=max_images, min_gain=args.min_level_gain,
                                min_gain_per_gflop=args.min_gain_per_gflop)
-        out["levels"] = levels.to_json()
-        print_levels(levels)
+        out["levels"] = {"anchors": "suggested" if args.suggest else "configured", **levels.to_json()}
+        print_levels(levels, out["levels"]["anchors"])
     if before.num_boxes and before.coverage < 0.9 and not args.suggest:
         print("Coverage is low: run again with --suggest for better MODEL.ANCHOR_GENERATOR settings.")
     folder = args.output or os.path.join(cfg.OUTPUT_DIR, "anchors")

@@ -12,6 +12,7 @@ from retinakit.analysis.anchors import anchor_coverage
 from retinakit.config import get_cfg
 from retinakit.data import load_coco_json
 from retinakit.data.datasets import ShapesSpec, generate_shapes
+from retinakit.modeling import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CFG = os.path.join(ROOT, "projects", "ResNet10", "configs", "retinanet_R10_FPN_shapes_small.yaml")
@@ -59,6 +60,16 @@ def test_report_suggest_png_and_json(tmp_path, small_split):
     cfg.merge_from_list(["MODEL.ANCHOR_GENERATOR.SIZES", s["SIZES"], "MODEL.ANCHOR_GENERATOR.OCTAVE_SCALES",
                          s["OCTAVE_SCALES"], "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", s["ASPECT_RATIOS"]])
     assert anchor_coverage(cfg, dicts, method="bruteforce").coverage == pytest.approx(s["coverage"])
+    # level advice (on the suggested anchors): printed, in the JSON, and its overrides build that model
+    levels = result["levels"]
+    assert levels["anchors"] == "suggested" and levels["p2_available"] and levels["test_size"] == [256, 256]
+    rec = next(o for o in levels["options"] if o["name"] == levels["recommended"])
+    assert "Recommended levels: " + ", ".join(rec["head_in_features"]) in r.stdout and levels["yaml"] in r.stdout
+    assert levels["options"][0]["coverage"] == pytest.approx(s["coverage"])
+    cfg.merge_from_list([x for k, v in levels["overrides"].items() for x in (k, json.dumps(v))])
+    model = build_model(cfg)
+    assert model.head_in_features == rec["head_in_features"] and model.anchor_generator.sizes == rec["sizes"]
+    assert anchor_coverage(cfg, dicts, method="bruteforce").coverage == pytest.approx(rec["coverage"])
 
 
 def test_bad_inputs_exit_2_with_one_message(tmp_path):
@@ -67,3 +78,6 @@ def test_bad_inputs_exit_2_with_one_message(tmp_path):
     assert "Traceback" not in r.stderr
     r = run(["--config-file", CFG, "MODEL.ANCHOR_GENERATOR.SIZEZ", "[[8]]"], tmp_path)
     assert r.returncode == 2 and "SIZES" in r.stderr and "Traceback" not in r.stderr
+    r = run(["--config-file", CFG, "MODEL.RETINANET.IN_FEATURES", '["p3","p4","p5","p6"]'], tmp_path)  # 5 SIZES lists
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "MODEL.ANCHOR_GENERATOR.SIZES has 5" in r.stderr and "MODEL.RETINANET.IN_FEATURES has 4" in r.stderr

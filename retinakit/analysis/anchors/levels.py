@@ -296,7 +296,8 @@ def _p2_source(cfg: Any, model: Any) -> tuple[dict[str, Any], str]:
     strides = ", ".join(f"{n}: {s.stride}" for n, s in shapes.items())
     bottom = cfg.MODEL.FPN.BOTTOM_UP if name == "build_retinanet_fpn_backbone" else name
     guess = _stride4_name_guess(shapes)
-    keys = _out_feature_keys(cfg, list(shapes))
+    declared = getattr(backbone.bottom_up, "out_features_key", None)  # a backbone may name its key
+    keys = list(dict.fromkeys([*([declared] if declared else []), *_out_feature_keys(cfg, list(shapes))]))
     tried = []
     for key in keys if guess else []:
         over = {key: [guess, *shapes], "MODEL.FPN.IN_FEATURES": [guess, *fpn_in]}
