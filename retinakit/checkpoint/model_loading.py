@@ -1,7 +1,9 @@
 """Load weights into a model with precise messages about what does not fit.
 
 * retinakit checkpoints (``{"model": state_dict, ...}``) and bare state dicts load directly;
-* torchvision RetinaNet / ImageNet ResNet weights are recognised and converted on the fly;
+* torchvision RetinaNet / ImageNet ResNet, detectron2 and ODTK weights are recognised by
+  their key names and converted on the fly; detectron2's and ODTK's need the ``cfg`` the
+  model was built from (checked against what they require; refused without one);
 * a parameter whose shape depends on the class count (``model.class_specific_keys``) is
   skipped with a warning when the counts differ (fine-tuning on another dataset);
 * any other shape mismatch, or keys the model does not have, raise
