@@ -1,15 +1,18 @@
-"""Anchor-to-ground-truth matchers: ``MATCHER_REGISTRY`` and ``IoUMatcher``."""
+"""Anchor-to-ground-truth matchers: ``MATCHER_REGISTRY``, ``IoUMatcher`` and ``ATSSMatcher``."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from ..config import CfgNode, configurable
+from ..config import CfgNode, ConfigError, configurable
+from ..structures import pairwise_iou
 from ..utils.registry import Registry
 from .protocols import Matcher, MatchInputs
 
-__all__ = ["MATCHER_REGISTRY", "IoUMatcher", "build_matcher"]
+__all__ = ["MATCHER_REGISTRY", "ATSSMatcher", "IoUMatcher", "build_matcher", "check_matcher_anchor_counts", "min_train_anchor_counts"]
 
 MATCHER_REGISTRY = Registry(
     "MATCHER",
@@ -93,6 +96,157 @@ class IoUMatcher:
 MATCHER_REGISTRY.register(IoUMatcher)
 
 
+def _nearest_k_mask(dist: torch.Tensor, k: int) -> torch.Tensor:
+    """``dist [G, n]``, ``1 <= k <= n`` -> bool ``[G, n]``: each row's ``k`` smallest entries,
+    equal distances taken in increasing column (anchor) order, so the choice is deterministic."""
+    kth = dist.topk(k, dim=1, largest=False).values[:, -1:]  # [G, 1]
+    closer = dist < kth
+    tied = dist == kth
+    room = k - closer.sum(dim=1, keepdim=True)
+    return closer | (tied & (tied.cumsum(dim=1) <= room))
+
+
+class ATSSMatcher:
+    """Adaptive Training Sample Selection (Zhang et al., CVPR 2020).
+
+    For each ground-truth box (``G`` of them):
+
+    1. candidates: on every level, the ``topk`` anchors whose centres are nearest (L2) to the
+       box centre (all anchors of a level that has fewer); equal distances are broken by the
+       lower anchor index;
+    2. IoU threshold = mean + standard deviation of the candidates' IoUs with the box. The
+       standard deviation is the *unbiased* (sample, ``N - 1``) one, as ``torch.std`` in the
+       authors' code; a box with a single candidate gets 0;
+    3. positives: candidates with IoU >= threshold whose centre lies strictly inside the box.
+
+    An anchor positive for several boxes goes to the one with the higher IoU (exact IoU ties:
+    the lower box index). Every other anchor is background (label 0): as in the paper there is
+    no ignore band. Crowd regions are handled by the meta-architecture, not here.
+
+    Distances, IoUs and thresholds are computed in float64 whatever the input dtype (``G x R``
+    values, small next to the network), so the decisions do not depend on float32 rounding.
+    """
+
+    @configurable
+    def __init__(self, *, topk: int = 9) -> None:
+        """
+        Args:
+            topk: candidates per level and ground-truth box (``MODEL.RETINANET.ATSS_TOPK``);
+                with ``A`` anchors per location, ``topk = 9 * A`` takes the paper's 9 locations.
+        """
+        if isinstance(topk, bool) or not isinstance(topk, int) or topk <= 0:
+            raise ConfigError(f"MODEL.RETINANET.ATSS_TOPK must be a positive integer (the paper uses 9), got {topk!r}.")
+        self.topk = topk
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict:
+        return dict(topk=cfg.MODEL.RETINANET.ATSS_TOPK)
+
+    def check_num_anchors(self, num_anchors_per_level: Sequence[int], where: str = "") -> None:
+        """Raise a ``ConfigError`` if a level has fewer than ``topk`` anchors.
+
+        The meta-architecture calls it when it is built, with the anchors per level of the
+        smallest training input (``where`` describes that input), so that a ``topk`` the
+        model can never fill fails before training; smaller inputs at run time use all
+        anchors of such a level.
+        """
+        short = [(i, n) for i, n in enumerate(num_anchors_per_level) if n < self.topk]
+        if short:
+            i, n = min(short, key=lambda x: x[1])
+            raise ConfigError(
+                f"MODEL.RETINANET.ATSS_TOPK = {self.topk} is larger than the {n} anchors of level {i}{where}: "
+                f"set MODEL.RETINANET.ATSS_TOPK <= {n}, raise INPUT.MIN_SIZE_TRAIN, or drop that level "
+                "(MODEL.RETINANET.IN_FEATURES and MODEL.ANCHOR_GENERATOR.SIZES)."
+            )
+
+    def match(self, inputs: MatchInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The :class:`Matcher` protocol: anchors per level ``[R_l, 4]`` and ``gt_boxes [G, 4]``
+        -> ``matches [R]`` int64 (0 for background), ``labels [R]`` int8 (1 foreground, 0 background)."""
+        anchors, gt = inputs.all_anchors(), inputs.gt_boxes
+        num = anchors.shape[0]
+        if gt.shape[0] == 0 or num == 0:
+            return anchors.new_zeros(num, dtype=torch.int64), anchors.new_zeros(num, dtype=torch.int8)
+        # float64 geometry: centres and squared distances of float32 boxes are then exact, so
+        # anchors that are equidistant on paper tie exactly and the lower index wins.
+        anchors, gt = anchors.double(), gt.double()
+        iou = pairwise_iou(gt, anchors)  # [G, R]
+        centres = (anchors[:, :2] + anchors[:, 2:]) / 2  # [R, 2]
+        candidate = self._candidates(centres, (gt[:, :2] + gt[:, 2:]) / 2, inputs.num_anchors_per_level())
+        positive = candidate & (iou >= self._thresholds(iou, candidate)[:, None]) & self._inside(centres, gt)
+        matches = torch.where(positive, iou, -1.0).max(dim=0).indices  # max: the first (lowest) index on ties
+        return matches, positive.any(dim=0).to(torch.int8)
+
+    def _candidates(self, centres: torch.Tensor, gt_centres: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """``centres [R, 2]``, ``gt_centres [G, 2]`` -> bool ``[G, R]``: per level the ``topk`` nearest."""
+        candidate = torch.zeros((gt_centres.shape[0], centres.shape[0]), dtype=torch.bool, device=centres.device)
+        start = 0
+        for n in counts:
+            if n > 0:
+                d = gt_centres[:, None, :] - centres[None, start:start + n, :]  # [G, n, 2]
+                dist = d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1]  # squared L2: same order, exact ties
+                candidate[:, start:start + n] = _nearest_k_mask(dist, min(self.topk, n))
+            start += n
+        return candidate
+
+    @staticmethod
+    def _thresholds(iou: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        """``[G]`` mean + unbiased std of each row's candidate IoUs. Computed about the largest
+        candidate IoU, so that equal IoUs give a threshold exactly equal to them."""
+        pivot = torch.where(candidate, iou, -1.0).max(dim=1, keepdim=True).values  # [G, 1]
+        count = candidate.sum(dim=1)
+        shifted = torch.where(candidate, iou - pivot, 0.0)
+        mean = shifted.sum(dim=1) / count
+        centred = torch.where(candidate, shifted - mean[:, None], 0.0)
+        var = (centred * centred).sum(dim=1) / (count - 1).clamp(min=1)
+        return pivot[:, 0] + mean + var.sqrt()
+
+    @staticmethod
+    def _inside(centres: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """bool ``[G, R]``: anchor centre strictly inside the box."""
+        c = centres[None]
+        return ((c > gt[:, None, :2]) & (c < gt[:, None, 2:])).all(dim=-1)
+
+
+MATCHER_REGISTRY.register(ATSSMatcher)
+
+
 def build_matcher(cfg: CfgNode) -> Matcher:
-    """Build ``cfg.MODEL.RETINANET.MATCHER_NAME`` (checked against the :class:`Matcher` protocol)."""
+    """Build ``cfg.MODEL.RETINANET.MATCHER_NAME`` (checked against the :class:`Matcher` protocol).
+
+    A matcher that needs a minimum number of anchors per level may offer
+    ``check_num_anchors(num_anchors_per_level, where)`` (``ATSSMatcher`` does); the
+    meta-architecture calls it with the smallest training input's counts when it is built.
+    """
     return MATCHER_REGISTRY.build(cfg.MODEL.RETINANET.MATCHER_NAME, cfg)
+
+
+def min_train_anchor_counts(
+    cfg: CfgNode, strides: Sequence[int], anchors_per_location: Sequence[int], size_divisibility: int
+) -> tuple[list[int], int] | None:
+    """Anchors per level of the smallest training input, and that input's side.
+
+    The smallest input is a square of side ``min(INPUT.MIN_SIZE_TRAIN)`` (capped by
+    ``INPUT.MAX_SIZE_TRAIN``), padded to ``size_divisibility``; level ``l`` then has
+    ``ceil(padded / stride_l) ** 2`` locations of ``anchors_per_location[l]`` anchors.
+    ``None`` when the config does not fix a training size (non-positive sizes).
+    """
+    sizes = [int(s) for s in cfg.INPUT.MIN_SIZE_TRAIN]
+    if not sizes or min(sizes) <= 0:
+        return None
+    side = min(min(sizes), int(cfg.INPUT.MAX_SIZE_TRAIN)) if cfg.INPUT.MAX_SIZE_TRAIN > 0 else min(sizes)
+    padded = math.ceil(side / size_divisibility) * size_divisibility if size_divisibility > 1 else side
+    return [int(a) * math.ceil(padded / int(s)) ** 2 for s, a in zip(strides, anchors_per_location)], side
+
+
+def check_matcher_anchor_counts(
+    matcher: Any, cfg: CfgNode, strides: Sequence[int], anchors_per_location: Sequence[int], size_divisibility: int
+) -> None:
+    """Let a matcher that offers ``check_num_anchors`` (``ATSSMatcher``) reject, when the model
+    is built, a config whose smallest training input has too few anchors on some level."""
+    check = getattr(matcher, "check_num_anchors", None)
+    if not callable(check) or not strides or not all(strides):
+        return
+    smallest = min_train_anchor_counts(cfg, strides, anchors_per_location, size_divisibility)
+    if smallest is not None:
+        counts, side = smallest
+        check(counts, where=f" (stride {strides[counts.index(min(counts))]}) for the smallest training input, {side}x{side} px")

@@ -32,6 +32,16 @@ def add_model_config(_C: CN) -> None:
     # False: stride on the 3x3 conv (torchvision/"pytorch" style); True: on the 1x1 (MSRA/caffe style).
     _C.MODEL.RESNETS.STRIDE_IN_1X1 = False
 
+    # MobileNetV3 bottom-up network ("build_mobilenet_v3_backbone", "build_retinanet_mobilenet_v3_fpn_backbone").
+    _C.MODEL.MOBILENETV3 = CN()
+    _C.MODEL.MOBILENETV3.VARIANT = "large"  # "large" or "small"
+    # Outputs returned: res2..res5 (strides 4..32; the last layer of each stride, see modeling/backbone/mobilenet.py).
+    _C.MODEL.MOBILENETV3.OUT_FEATURES = ["res3", "res4", "res5"]
+    # Normalisation: "FrozenBN", "BN", "SyncBN", "GN" (eps 1e-3 as the ImageNet weights).
+    _C.MODEL.MOBILENETV3.NORM = "FrozenBN"
+    # res5 is the final 1x1 conv (960 / 576 channels) rather than the last block (160 / 96).
+    _C.MODEL.MOBILENETV3.LAST_CONV = True
+
     _C.MODEL.FPN = CN()
     _C.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]  # bottom-up features the pyramid is built on
     _C.MODEL.FPN.OUT_CHANNELS = 256  # channels of every pyramid level
@@ -70,7 +80,10 @@ def add_model_config(_C: CN) -> None:
     _C.MODEL.RETINANET.IOU_THRESHOLDS = [0.4, 0.5]
     _C.MODEL.RETINANET.IOU_LABELS = [0, -1, 1]  # label of each IoU band: 0 background, -1 ignore, 1 foreground
     _C.MODEL.RETINANET.ALLOW_LOW_QUALITY_MATCHES = True  # give every box its best anchor(s) even below the foreground threshold
-    _C.MODEL.RETINANET.MATCHER_NAME = "IoUMatcher"  # MATCHER_REGISTRY name
+    _C.MODEL.RETINANET.MATCHER_NAME = "IoUMatcher"  # MATCHER_REGISTRY name: "IoUMatcher" or "ATSSMatcher"
+    # ATSSMatcher: candidate anchors per level and ground-truth box (nearest centres); must not
+    # exceed the anchors of any level at the smallest INPUT.MIN_SIZE_TRAIN (checked when the model is built).
+    _C.MODEL.RETINANET.ATSS_TOPK = 9
     _C.MODEL.RETINANET.BOX_CODER_NAME = "DeltaXYWHBoxCoder"  # BOX_CODER_REGISTRY name
     _C.MODEL.RETINANET.BBOX_REG_WEIGHTS = [1.0, 1.0, 1.0, 1.0]  # (wx, wy, ww, wh) scaling of the box deltas
     # Clamp of the predicted log-scale dw/dh before exp().
