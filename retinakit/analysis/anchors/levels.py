@@ -74,6 +74,7 @@ class LevelOption:
     model_gflops: float
     best_level_boxes: dict[str, int]
     lost_boxes: int = 0
+    adds_level: bool = False
     extra_head_gflops: float = 0.0
     extra_model_gflops: float = 0.0
 
@@ -90,7 +91,7 @@ class LevelOption:
             "anchors_per_image": self.anchors_per_image, "head_gflops": self.head_gflops,
             "extra_head_gflops": self.extra_head_gflops, "model_gflops": self.model_gflops,
             "extra_model_gflops": self.extra_model_gflops, "best_level_boxes": self.best_level_boxes,
-            "lost_boxes": self.lost_boxes, "overrides": self.overrides,
+            "lost_boxes": self.lost_boxes, "adds_level": self.adds_level, "overrides": self.overrides,
         }
 
 
@@ -374,12 +375,12 @@ def _drops(cfg: Any, parent: LevelOption, parent_over: dict[str, Any], make: Any
 def _recommend(configured: LevelOption, options: list[LevelOption], min_gain: float,
                min_gain_per_gflop: float) -> tuple[LevelOption, str]:
     """The rule of the module docstring: ``(recommended option, reason)``."""
-    lossless = [o for o in options if not o.name.startswith("add") and _lost(configured, o) == 0]
+    lossless = [o for o in options if not o.adds_level and _lost(configured, o) == 0]
     base = min(lossless, key=lambda o: (o.model_gflops, -len(o.head_in_features)))
     small0 = configured.small_coverage()
     qualifying = []
     for o in options:
-        if not o.name.startswith("add") or math.isnan(small0):
+        if not o.adds_level or math.isnan(small0):
             continue
         gain, extra = o.small_coverage() - small0, o.model_gflops - configured.model_gflops
         per = math.inf if extra <= 0 else gain / extra
@@ -427,6 +428,8 @@ def advise_levels(
     p2_over, p2_note = _p2_source(cfg, base.model)
     if any(s == 4 for s in base.setup.strides):
         p2_note = "the configured levels already include stride 4"
+    elif base.setup.strides[0] != 8 and not p2_note:
+        p2_note = f"the finest configured level has stride {base.setup.strides[0]}, not 8: P2 is offered only next to P3"
     if not p2_note:
         options += _p2_options(cfg, base, p2_over, threshold, make, dataset_dicts, mode, max_images, gt_cache)
     for o in options:
@@ -452,4 +455,6 @@ def _p2_options(cfg: Any, base: _Built, p2_over: dict[str, Any], threshold: floa
     over["MODEL.ANCHOR_GENERATOR.SIZES"] = [_search_new_level(draft, threshold, sizes), *sizes]
     added = make(f"add {p2}", over)
     drops = [d for d in _drops(cfg, added, p2_over, make) if not d.lost_boxes]
+    for o in (added, *drops):
+        o.adds_level = True
     return [added, *drops[-1:]]
