@@ -136,6 +136,9 @@ def print_levels(advice: LevelAdvice, anchors: str) -> None:
     print(advice.table())
     if advice.p2_note:
         print(f"\nNo P2 option: {advice.p2_note}.")
+    if anchors == "configured":
+        print("\n(Measured with the configured anchor sizes; with --suggest the levels are measured on the suggested "
+              "ones, where a finer level often gains less.)")
     print(f"\nRecommended levels: {', '.join(advice.recommended.head_in_features)} ({advice.recommended.name}): {advice.reason}.")
     print(f"Paste into the config{' after the suggested anchors above' if anchors == 'suggested' else ''}:\n")
     print(advice.yaml())

@@ -209,6 +209,37 @@ def test_backbone_without_stride_4_is_named(small_objects):
     assert advice.to_json()["p2_available"] is False
 
 
+class _PyramidNet(_Stride8Net):
+    """A backbone that is its own pyramid (``p3``, ``p4``, ``p5``), not an FPN over a bottom-up network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._out_features = ["p3", "p4", "p5"]
+        self._out_feature_channels = dict.fromkeys(self._out_features, 8)
+        self._out_feature_strides = {"p3": 8, "p4": 16, "p5": 32}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(zip(self._out_features, super().forward(x).values()))
+
+    @property
+    def size_divisibility(self) -> int:
+        return 32
+
+
+def build_pyramid_backbone(cfg, input_shape: ShapeSpec | None = None) -> _PyramidNet:
+    return _PyramidNet()
+
+
+def test_backbone_that_is_not_an_fpn_gets_drops_only(small_objects):
+    BACKBONE_REGISTRY.register(build_pyramid_backbone, override=True)
+    cfg = tiny_cfg("MODEL.BACKBONE.NAME", "build_pyramid_backbone", "MODEL.RETINANET.IN_FEATURES", '["p3","p4","p5"]',
+                   "MODEL.ANCHOR_GENERATOR.SIZES", "[[16],[32],[64]]")
+    advice = advise_levels(cfg, small_objects, max_images=None)
+    assert "'build_pyramid_backbone' is not an FPN" in advice.p2_note
+    assert [o.name for o in advice.options] == ["configured", "configured, drop p5"]
+    check_against_reference(cfg, small_objects, advice.options[0])
+
+
 @pytest.mark.parametrize("backbone", ["resnet10", "mobilenet_v3"])
 def test_p2_from_other_registered_backbones(small_objects, backbone):
     if backbone == "resnet10":
