@@ -62,6 +62,13 @@ def extract_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]
     return sd
 
 
+def _lacking(sd: Mapping[str, torch.Tensor], model_sd: Mapping[str, torch.Tensor]) -> list[str]:
+    """Model keys absent from ``sd`` under the two-level prefixes ``sd`` has (e.g. ``backbone.bottom_up``):
+    for backbone-only weights, the backbone keys they miss, not the FPN and head they never had."""
+    prefixes = tuple({".".join(k.split(".")[:2]) + "." for k in sd})
+    return [k for k in model_sd if k not in sd and k.startswith(prefixes) and not k.endswith("num_batches_tracked")]
+
+
 def _foreign_source(sd: Mapping[str, torch.Tensor], model_sd: Mapping[str, torch.Tensor]) -> str | None:
     """The converter for ``sd``: None when every key is one of this model's, else the project
     whose key pattern ``sd`` follows (some of detectron2's keys, ``head.cls_score.*``, coincide
@@ -130,11 +137,14 @@ def load_model_weights(
         lines = [f"  {k}: checkpoint {s} vs model {m}" for k, s, m in bad_shapes[:10]]
         if unexpected:
             lines.append(f"  keys the model does not have: {_group(unexpected, 3)}")
+            lacking = _lacking(sd, model_sd)
+            if lacking:
+                lines.append(f"  keys of the model the checkpoint lacks (in the parts it covers): {_group(lacking, 3)}")
         raise CheckpointMismatchError(
             f"The weights in {source} do not fit this model ({len(bad_shapes)} shape mismatches, "
             f"{len(unexpected)} unknown keys):\n" + "\n".join(lines) +
-            "\nIs it a checkpoint of another architecture (e.g. another MODEL.RESNETS.DEPTH, NUM_CONVS, "
-            "anchor count or FPN setting)? Use the config the checkpoint was trained with."
+            "\nIs it a checkpoint of another architecture (e.g. another MODEL.RESNETS.DEPTH, MODEL.MOBILENETV3.VARIANT, "
+            "NUM_CONVS, anchor count or FPN setting)? Use the config the checkpoint was trained with."
         )
     if not usable:
         raise CheckpointMismatchError(f"None of the {len(sd)} tensors in {source} matches a parameter of this model.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 
 import pytest
@@ -150,8 +151,13 @@ def test_other_architecture_names_missing_and_unexpected_keys(tmp_path):
     cfg = get_cfg()
     cfg.merge_from_file(os.path.join(REPO, "configs", "COCO-Detection", "retinanet_MNV3_Large_FPN_1x.yaml"))
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
-    with pytest.raises(CheckpointMismatchError, match=r"keys the model does not have: .*backbone\.bottom_up\.layer1"):
+    with pytest.raises(CheckpointMismatchError) as err:
         load_model_weights(build_model(cfg), resnet, source="resnet18.pth")
+    message = str(err.value)
+    assert "resnet18.pth" in message
+    assert re.search(r"keys the model does not have: .*backbone\.bottom_up\.layer1\.\* \(\d+\)", message), message
+    assert re.search(r"the checkpoint lacks .*: backbone\.bottom_up\.blocks\.\* \(\d+\), .*backbone\.bottom_up\.stem", message), message
+    assert "backbone.fpn" not in message and "head." not in message.split("lacks")[1], "FPN/head are not in an ImageNet file"
 
 
 @pytest.mark.parametrize("variant", ["large", "small"])
