@@ -92,14 +92,14 @@ def export_onnx(
             )
         else:
             require("onnxscript", "ONNX export")
-            from .onnx_ops import CUSTOM_TRANSLATION_TABLE
+            from ..ops.onnx import custom_translation_table
 
             batch, height, width = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim.AUTO, torch.export.Dim.AUTO
             program = torch.onnx.export(
                 wrapper, (images, sizes), dynamo=True, opset_version=opset,
                 input_names=["images", "image_sizes"], output_names=names,
                 dynamic_shapes={"images": {0: batch, 2: height, 3: width}, "image_sizes": {0: batch}},
-                custom_translation_table=CUSTOM_TRANSLATION_TABLE, optimize=True, verbose=False,
+                custom_translation_table=custom_translation_table(), optimize=True, verbose=False,
             )
             program.save(path)
     proto = onnx.load(path)
@@ -107,7 +107,9 @@ def export_onnx(
     meta = dict(metadata or {})
     meta.update(mode=mode, opset=opset, outputs=names)
     if mode == "e2e":  # the graph's TopK / NMS sizes, checked against TensorRT's limits by build_engine
-        meta.update(num_levels=len(wrapper.strides), topk_candidates=wrapper.topk, max_detections=wrapper.max_detections)
+        sizes = {k: getattr(model.postprocessor, k, None) for k in ("topk_candidates", "max_detections")}
+        if None not in sizes.values():
+            meta.update(num_levels=len(model.head_in_features), **sizes)
     write_metadata(proto, meta)
     onnx.save(proto, path)
     return path

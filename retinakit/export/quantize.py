@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,9 @@ __all__ = ["CALIBRATION_METHODS", "QuantizationError", "convert_fp16", "quantize
 logger = logging.getLogger(__name__)
 
 CALIBRATION_METHODS = ("entropy", "max", "percentile")
-_TRUNK_SCOPES = ("/backbone", "/head")
+# A node is in the trunk when its dynamo "namespace" path passes through the model's backbone or
+# head module (segments "<module path>: <type>"; the exported adapter holds the model as "model").
+_TRUNK_SCOPE = re.compile(r"(^|/)(model\.)?(backbone|head): ")
 
 
 class QuantizationError(RuntimeError):
@@ -46,7 +49,7 @@ def trunk_node_names(model) -> tuple:
     inside, outside = [], []
     for node in model.graph.node:
         scope = next((p.value for p in node.metadata_props if p.key == "namespace"), "")
-        (inside if any(s in scope for s in _TRUNK_SCOPES) else outside).append(node.name)
+        (inside if _TRUNK_SCOPE.search(scope) else outside).append(node.name)
     return inside, outside
 
 

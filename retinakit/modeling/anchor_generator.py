@@ -10,7 +10,7 @@ from ..config import CfgNode, configurable
 from ..utils.registry import Registry
 from .backbone import ShapeSpec
 
-__all__ = ["ANCHOR_GENERATOR_REGISTRY", "DefaultAnchorGenerator", "build_anchor_generator"]
+__all__ = ["ANCHOR_GENERATOR_REGISTRY", "DefaultAnchorGenerator", "build_anchor_generator", "grid_anchors"]
 
 ANCHOR_GENERATOR_REGISTRY = Registry(
     "ANCHOR_GENERATOR",
@@ -22,6 +22,23 @@ ANCHOR_GENERATOR_REGISTRY = Registry(
       - XYXY anchors of each level, ordered location-major (row, column), anchor-minor.
     """,
 )
+
+
+def grid_anchors(cell_anchors: torch.Tensor, grid: tuple, stride: tuple, offset: float) -> torch.Tensor:
+    """Anchors of one level: ``cell_anchors [A, 4]`` (XYXY around 0) shifted to every location.
+
+    ``grid = (H_l, W_l)`` and ``stride = (s_y, s_x)`` may be Python or symbolic ints (export).
+    Location ``(i, j)`` has its centre at ``((j + offset) * s_x, (i + offset) * s_y)``.
+    Returns ``[H_l*W_l*A, 4]``, location-major (row, column), anchor-minor.
+    """
+    gh, gw = grid
+    sy, sx = stride
+    device = cell_anchors.device
+    ys = (torch.arange(gh, dtype=torch.float32, device=device) + offset) * sy
+    xs = (torch.arange(gw, dtype=torch.float32, device=device) + offset) * sx
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)
+    return (shifts + cell_anchors.float().view(1, -1, 4)).reshape(-1, 4)
 
 
 def _broadcast(values: Sequence, num_levels: int, key: str) -> list[list[float]]:
@@ -121,30 +138,35 @@ class DefaultAnchorGenerator(nn.Module):
     def cell_anchors(self, level: int) -> torch.Tensor:
         return getattr(self, f"cell_anchors_{level}")
 
-    def _grid_anchors(self, level: int, grid: tuple[int, int], stride: tuple[int, int], device: torch.device) -> torch.Tensor:
-        gh, gw = grid
-        sy, sx = stride
-        ys = (torch.arange(gh, dtype=torch.float32, device=device) + self.offset) * sy
-        xs = (torch.arange(gw, dtype=torch.float32, device=device) + self.offset) * sx
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)
-        return (shifts + self.cell_anchors(level).to(device).view(1, -1, 4)).reshape(-1, 4)
+    def _level_strides(self, grids: list[tuple], image_size: tuple) -> list[tuple]:
+        """Per level ``(s_y, s_x)``: the configured strides, or the padded image over the grid."""
+        if self.strides_from_image:
+            return [(image_size[0] // g[0], image_size[1] // g[1]) for g in grids]
+        return [(s, s) for s in self.strides]
 
     def forward(self, features: list[torch.Tensor], image_size: tuple[int, int]) -> list[torch.Tensor]:
-        """``features[l] [N, C, H_l, W_l]``, padded ``image_size (H, W)`` -> ``[H_l*W_l*A_l, 4]`` per level."""
+        """``features[l] [N, C, H_l, W_l]``, padded ``image_size (H, W)`` -> ``[H_l*W_l*A_l, 4]`` per level.
+
+        Eager calls cache the anchors per (grids, strides, device). Under ``torch.export`` /
+        ``torch.compile`` the sizes stay symbolic (no cache, no ``int()``), so an exported
+        graph computes its anchors from its input size.
+        """
         if len(features) != len(self.strides):
             raise ValueError(f"Anchor generator configured for {len(self.strides)} levels got {len(features)} feature maps.")
+        if torch.compiler.is_compiling():
+            grids = [(f.shape[-2], f.shape[-1]) for f in features]
+            strides = self._level_strides(grids, tuple(image_size))
+            return [grid_anchors(self.cell_anchors(i), g, s, self.offset) for i, (g, s) in enumerate(zip(grids, strides))]
         grids = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
-        if self.strides_from_image:
-            strides = [(int(image_size[0]) // g[0], int(image_size[1]) // g[1]) for g in grids]
-        else:
-            strides = [(s, s) for s in self.strides]
+        strides = self._level_strides(grids, (int(image_size[0]), int(image_size[1])))
         device = features[0].device
         key = (tuple(grids), tuple(strides), str(device))
         if key not in self._cache:
             if len(self._cache) > 32:
                 self._cache.clear()
-            self._cache[key] = [self._grid_anchors(i, g, s, device) for i, (g, s) in enumerate(zip(grids, strides))]
+            self._cache[key] = [
+                grid_anchors(self.cell_anchors(i).to(device), g, s, self.offset) for i, (g, s) in enumerate(zip(grids, strides))
+            ]
         return self._cache[key]
 
 

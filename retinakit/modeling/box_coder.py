@@ -18,7 +18,10 @@ BOX_CODER_REGISTRY = Registry(
     object meeting :class:`retinakit.modeling.protocols.BoxCoder` (checked when built):
 
     * ``encode(anchors [R, 4], boxes [R, 4]) -> deltas [R, 4]`` (regression targets);
-    * ``decode(deltas [R, 4], anchors [R, 4]) -> boxes [R, 4]`` (XYXY, float32).
+    * ``decode(deltas [R, 4], anchors [R, 4]) -> boxes [R, 4]`` (XYXY, float32). For end-to-end
+      ONNX export, ``decode`` must also take ``[N, k, 4]`` (any leading shape) and trace with
+      ``torch.export`` (plain tensor ops, no Python branches on values): the export graph decodes
+      with it (see docs/custom_components.md).
 
     A (dx, dy, dw, dh) delta coder with continuous anchors may also meet
     :class:`~retinakit.modeling.protocols.FusedDecodeBoxCoder`:
@@ -59,31 +62,32 @@ class _DeltaCoderBase:
 
     @staticmethod
     def _centers(boxes: torch.Tensor, offset: float = 0.0) -> tuple[torch.Tensor, ...]:
-        w = boxes[:, 2] - boxes[:, 0] + offset
-        h = boxes[:, 3] - boxes[:, 1] + offset
-        return boxes[:, 0] + 0.5 * w, boxes[:, 1] + 0.5 * h, w, h
+        w = boxes[..., 2] - boxes[..., 0] + offset
+        h = boxes[..., 3] - boxes[..., 1] + offset
+        return boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h, w, h
 
     def encode(self, anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """``anchors [N, 4]``, ``boxes [N, 4]`` (XYXY) -> ``deltas [N, 4]``."""
+        """``anchors [..., 4]``, ``boxes [..., 4]`` (XYXY, same leading shape) -> ``deltas [..., 4]``."""
         anchors, boxes = anchors.float(), boxes.float()
         ax, ay, aw, ah = self._centers(anchors, self.anchor_pixel_offset)
         bx, by, bw, bh = self._centers(boxes)
         wx, wy, ww, wh = self.weights
         return torch.stack(
-            [wx * (bx - ax) / aw, wy * (by - ay) / ah, ww * torch.log(bw / aw), wh * torch.log(bh / ah)], dim=1
+            [wx * (bx - ax) / aw, wy * (by - ay) / ah, ww * torch.log(bw / aw), wh * torch.log(bh / ah)], dim=-1
         )
 
     def decode(self, deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-        """``deltas [N, 4]``, ``anchors [N, 4]`` -> boxes ``[N, 4]`` (XYXY, float32)."""
+        """``deltas [..., 4]``, ``anchors [..., 4]`` (same leading shape, e.g. ``[R, 4]`` or the
+        export graph's ``[N, k, 4]``) -> boxes ``[..., 4]`` (XYXY, float32)."""
         deltas, anchors = deltas.float(), anchors.float()
         ax, ay, aw, ah = self._centers(anchors, self.anchor_pixel_offset)
         wx, wy, ww, wh = self.weights
-        dx, dy = deltas[:, 0] / wx, deltas[:, 1] / wy
-        dw = torch.clamp(deltas[:, 2] / ww, max=self.scale_clamp)
-        dh = torch.clamp(deltas[:, 3] / wh, max=self.scale_clamp)
+        dx, dy = deltas[..., 0] / wx, deltas[..., 1] / wy
+        dw = torch.clamp(deltas[..., 2] / ww, max=self.scale_clamp)
+        dh = torch.clamp(deltas[..., 3] / wh, max=self.scale_clamp)
         cx, cy = dx * aw + ax, dy * ah + ay
         half_w, half_h = 0.5 * torch.exp(dw) * aw, 0.5 * torch.exp(dh) * ah
-        return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=1)
+        return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=-1)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(weights={self.weights}, scale_clamp={self.scale_clamp:.4f})"

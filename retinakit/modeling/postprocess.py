@@ -23,7 +23,7 @@ from ..structures import Boxes, Instances
 from ..utils.registry import Registry
 from .protocols import BoxCoder, PostProcessor, fused_decode_params
 
-__all__ = ["POSTPROCESSOR_REGISTRY", "RetinaNetPostProcessor", "build_postprocessor", "drop_empty_candidates"]
+__all__ = ["POSTPROCESSOR_REGISTRY", "RetinaNetPostProcessor", "build_postprocessor", "clip_to_sizes", "drop_empty_candidates"]
 
 POSTPROCESSOR_REGISTRY = Registry(
     "POSTPROCESSOR",
@@ -35,7 +35,9 @@ Call signature: ``cls(cfg, box_coder)`` or ``cls(**kwargs)`` -> an ``nn.Module``
 ``cls_logits [N, A*K, H, W]``, ``box_deltas [N, A*4, H, W]``, ``anchors [H*W*A, 4]`` and the
 ``(height, width)`` of each image, and returns ``Instances(pred_boxes, scores, pred_classes)``.
 A box coder meeting :class:`~retinakit.modeling.protocols.FusedDecodeBoxCoder` lets
-:class:`RetinaNetPostProcessor` use the fused decode kernel.
+:class:`RetinaNetPostProcessor` use the fused decode kernel. A post-processor that also meets
+:class:`~retinakit.modeling.protocols.ExportablePostProcessor` (``check_exportable`` and
+``forward_static``) exports end to end to ONNX; others export heads-only.
 """,
     protocol=PostProcessor,
 )
@@ -69,6 +71,32 @@ def drop_empty_candidates(
     scores = torch.where(valid, torch.gather(scores, 1, order), torch.zeros_like(scores))
     classes = torch.where(valid, torch.gather(classes, 1, order), torch.full_like(classes, -1))
     return boxes, scores, classes, count.to(num_valid.dtype)
+
+
+def clip_to_sizes(boxes: Tensor, image_sizes: Tensor) -> Tensor:
+    """Clip ``boxes [N, M, 4]`` XYXY to ``[0, width] x [0, height]`` of ``image_sizes [N, 2]`` ``(h, w)``."""
+    hw = image_sizes.to(boxes.dtype)[:, None, :]  # [N, 1, 2]
+    limit = torch.cat([hw.flip(-1), hw.flip(-1)], dim=-1)  # [N, 1, 4]: (w, h, w, h)
+    return torch.minimum(torch.clamp(boxes, min=0.0), limit)
+
+
+def _check_exportable_decode(box_coder: Any) -> None:
+    """The end-to-end graph decodes ``[N, k, 4]`` tensors with ``box_coder.decode``: check it can."""
+    name = type(box_coder).__name__
+    anchors = torch.tensor([[[0.0, 0.0, 8.0, 8.0], [4.0, 4.0, 20.0, 12.0]]])
+    try:
+        boxes = box_coder.decode(torch.zeros(1, 2, 4), anchors)
+    except Exception as e:  # any failure means the same to the user
+        raise ValueError(
+            f"End-to-end export decodes [N, k, 4] tensors with the box coder's decode(); {name}.decode failed on them "
+            f"({type(e).__name__}: {e}). Make it accept [..., 4] inputs (docs/custom_components.md) or export with mode='heads'."
+        ) from e
+    if not isinstance(boxes, Tensor) or tuple(boxes.shape) != (1, 2, 4):
+        got = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
+        raise ValueError(
+            f"End-to-end export needs {name}.decode(deltas [N, k, 4], anchors [N, k, 4]) -> boxes [N, k, 4]; it returned {got}. "
+            "Make it accept [..., 4] inputs (docs/custom_components.md) or export with mode='heads'."
+        )
 
 
 @POSTPROCESSOR_REGISTRY.register()
@@ -205,6 +233,89 @@ class RetinaNetPostProcessor(nn.Module):
             )
             for i, c in enumerate(counts)
         ]
+
+    def check_exportable(self) -> None:
+        """Raise ``ValueError`` naming what :meth:`forward_static` cannot reproduce for this instance."""
+        cls = type(self)
+        if cls.forward is not RetinaNetPostProcessor.forward and cls.forward_static is RetinaNetPostProcessor.forward_static:
+            raise ValueError(
+                f"{cls.__name__} (MODEL.POSTPROCESSOR.NAME) overrides forward() but not forward_static(), so an exported "
+                "graph would not do what it does: implement forward_static() (docs/custom_components.md) or export "
+                "with mode='heads' (tools/deploy.py --mode heads) and post-process the raw outputs."
+            )
+        if self.nms_type == "soft":
+            raise ValueError(
+                "MODEL.POSTPROCESSOR.NMS_TYPE 'soft' cannot be exported end to end (soft-NMS has no standard ONNX op): "
+                "export with mode='heads' (tools/deploy.py --mode heads) or use NMS_TYPE 'batched' / 'agnostic'."
+            )
+        _check_exportable_decode(self.box_coder)
+
+    def forward_static(
+        self, cls_logits: list[Tensor], box_deltas: list[Tensor], anchors: list[Tensor], image_sizes: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Static-shape twin of :meth:`forward` for ``torch.export`` / ONNX (the end-to-end graph).
+
+        Args:
+            cls_logits, box_deltas, anchors: per level, as in :meth:`forward`.
+            image_sizes: ``[N, 2]`` float ``(height, width)`` of each image's valid region.
+
+        Returns:
+            ``num_dets [N]`` int32, ``boxes [N, D, 4]`` float32 (clipped XYXY), ``scores [N, D]``
+            float32 and ``classes [N, D]`` int32 (``-1`` in padding rows), ``D = max_detections``,
+            rows by decreasing score. Same selection as :meth:`forward`: per-level top-k of the
+            scores above the threshold, decode with the box coder's ``decode``, clip, empty-box
+            filter, per-class or class-agnostic NMS (:func:`retinakit.ops.nms_keep`), best ``D``.
+        """
+        self.check_exportable()
+        parts = [self._static_level(c, d, a, image_sizes) for c, d, a in zip(cls_logits, box_deltas, anchors)]
+        boxes = torch.cat([p[0] for p in parts], dim=1)  # [N, M, 4]
+        scores = torch.cat([p[1] for p in parts], dim=1)  # [N, M], -1 where not a candidate
+        classes = torch.cat([p[2] for p in parts], dim=1)  # [N, M]
+        num_classes = cls_logits[0].shape[1] // (box_deltas[0].shape[1] // 4)
+        return self._static_nms(boxes, scores, classes, num_classes)
+
+    def _static_level(
+        self, logits: Tensor, deltas: Tensor, anchors: Tensor, image_sizes: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One level's top-k -> ``boxes [N, k, 4]``, ``scores [N, k]`` (-1 where not a candidate), ``classes [N, k]``."""
+        n, gh, gw = logits.shape[0], logits.shape[-2], logits.shape[-1]
+        a = deltas.shape[1] // 4
+        k_cls = logits.shape[1] // a
+        scores = torch.sigmoid(logits.float().reshape(n, a, k_cls, gh, gw).permute(0, 3, 4, 1, 2).reshape(n, -1))
+        num = scores.shape[1]
+        # Padded with -1 so that top-k always has topk entries (levels with fewer anchors x classes).
+        padded = torch.cat([scores, scores.new_full((n, self.topk_candidates), -1.0)], dim=1)
+        top_scores, top_idx = torch.topk(padded, self.topk_candidates, dim=1, largest=True, sorted=True)
+        top_idx = torch.clamp(top_idx, max=num - 1)
+        anchor_idx = top_idx // k_cls
+        d = deltas.float().reshape(n, a, 4, gh, gw).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
+        d = torch.gather(d, 1, anchor_idx[:, :, None].expand(-1, -1, 4))
+        boxes = clip_to_sizes(self.box_coder.decode(d, anchors.float()[anchor_idx]).float(), image_sizes)
+        valid = top_scores > self.score_thresh
+        if self.filter_empty_boxes:  # as drop_empty_candidates (NaN compares False: dropped)
+            valid = valid & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+        return boxes, torch.where(valid, top_scores, torch.full_like(top_scores, -1.0)), top_idx - anchor_idx * k_cls
+
+    def _static_nms(self, boxes: Tensor, scores: Tensor, classes: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """NMS of ``boxes [N, M, 4]``, ``scores [N, M]`` (-1: not a candidate), ``classes [N, M]``
+        and the best ``max_detections``: the outputs of :meth:`forward_static`."""
+        from ..ops import nms_keep
+
+        if self.nms_type == "agnostic":
+            class_scores = scores[:, None, :]
+        else:
+            onehot = classes[:, None, :] == torch.arange(num_classes, device=scores.device)[None, :, None]  # [N, K, M]
+            class_scores = torch.where(onehot, scores[:, None, :], torch.full_like(onehot, -1.0, dtype=scores.dtype))
+        keep = nms_keep(boxes, class_scores, self.nms_thresh, self.score_thresh, self.max_detections)
+        kept_scores = torch.where(keep > 0.5, scores, torch.full_like(scores, -1.0))
+        d = min(self.max_detections, kept_scores.shape[1])
+        top_scores, top_idx = torch.topk(kept_scores, d, dim=1, largest=True, sorted=True)
+        is_det = top_scores > -0.5
+        out_boxes = torch.gather(boxes, 1, top_idx[:, :, None].expand(-1, -1, 4))
+        out_boxes = torch.where(is_det[:, :, None], out_boxes, torch.zeros_like(out_boxes))
+        out_scores = torch.where(is_det, top_scores, torch.zeros_like(top_scores))
+        out_classes = torch.where(is_det, torch.gather(classes, 1, top_idx), torch.full_like(top_idx, -1))
+        return is_det.to(torch.int32).sum(dim=1).to(torch.int32), out_boxes, out_scores, out_classes.to(torch.int32)
 
     def _generic_decode(
         self,

@@ -14,6 +14,9 @@ one message naming it instead of an ``AttributeError`` in the middle of training
   carry the anchors *per level* and the ground-truth boxes, so a matcher that needs the levels
   or anchor centres (ATSS) fits the same call as the IoU matcher.
 * :class:`PostProcessor`: ``(cls_logits, box_deltas, anchors, image_sizes) -> list[Instances]``.
+* :class:`ExportablePostProcessor`: a :class:`PostProcessor` that also has the static-shape
+  ``forward_static`` the end-to-end ONNX graph is traced from (optional: without it a model
+  exports heads-only).
 """
 from __future__ import annotations
 
@@ -26,7 +29,15 @@ from torch import Tensor
 
 from ..structures import Instances, pairwise_iou
 
-__all__ = ["BoxCoder", "FusedDecodeBoxCoder", "MatchInputs", "Matcher", "PostProcessor", "fused_decode_params"]
+__all__ = [
+    "BoxCoder",
+    "ExportablePostProcessor",
+    "FusedDecodeBoxCoder",
+    "MatchInputs",
+    "Matcher",
+    "PostProcessor",
+    "fused_decode_params",
+]
 
 
 @runtime_checkable
@@ -38,7 +49,9 @@ class BoxCoder(Protocol):
         ...
 
     def decode(self, deltas: Tensor, anchors: Tensor) -> Tensor:
-        """``deltas [R, 4]``, ``anchors [R, 4]`` -> boxes ``[R, 4]`` (XYXY, float32)."""
+        """``deltas [R, 4]``, ``anchors [R, 4]`` -> boxes ``[R, 4]`` (XYXY, float32).
+
+        End-to-end export also calls it with ``[N, k, 4]`` inputs (any leading shape)."""
         ...
 
 
@@ -113,4 +126,26 @@ class PostProcessor(Protocol):
         """Per level ``cls_logits [N, A*K, H_l, W_l]``, ``box_deltas [N, A*4, H_l, W_l]``,
         ``anchors [H_l*W_l*A, 4]``; ``image_sizes``: ``N`` ``(height, width)``. Returns ``N``
         ``Instances(pred_boxes, scores, pred_classes)`` in those image sizes."""
+        ...
+
+
+@runtime_checkable
+class ExportablePostProcessor(PostProcessor, Protocol):
+    """A post-processor with a static-shape path for ``torch.export`` / ONNX.
+
+    ``forward_static`` gives the same detections as ``__call__`` (up to float rounding) for a
+    traced graph: fixed output shapes, image sizes as a tensor, no host synchronisation.
+    """
+
+    def check_exportable(self) -> None:
+        """Raise ``ValueError`` naming what cannot be exported (a setting, the box coder)."""
+        ...
+
+    def forward_static(
+        self, cls_logits: list[Tensor], box_deltas: list[Tensor], anchors: list[Tensor], image_sizes: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per level ``cls_logits [N, A*K, H_l, W_l]``, ``box_deltas [N, A*4, H_l, W_l]``,
+        ``anchors [H_l*W_l*A, 4]``; ``image_sizes [N, 2]`` float ``(height, width)``. Returns
+        ``num_dets [N]`` int32, ``boxes [N, D, 4]`` float32, ``scores [N, D]`` float32 and
+        ``classes [N, D]`` int32 (``-1`` in padding rows), rows by decreasing score."""
         ...

@@ -21,7 +21,7 @@ from ._ext import (
     reference_allowed,
 )
 from .decode import decode_detections
-from .nms import batched_nms, multiclass_nms, nms, soft_nms
+from .nms import batched_nms, multiclass_nms, nms, nms_keep, soft_nms
 
 __all__ = [
     "CUDA_OPS",
@@ -35,6 +35,7 @@ __all__ = [
     "missing_cuda_kernels",
     "multiclass_nms",
     "nms",
+    "nms_keep",
     "reference",
     "reference_allowed",
     "soft_nms",

@@ -13,7 +13,7 @@ from torch import Tensor
 from . import reference
 from ._ext import use_compiled
 
-__all__ = ["batched_nms", "multiclass_nms", "nms", "soft_nms"]
+__all__ = ["batched_nms", "multiclass_nms", "nms", "nms_keep", "soft_nms"]
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, allow_reference: bool = False) -> Tensor:
@@ -115,3 +115,42 @@ def multiclass_nms(
     if use_compiled("multiclass_nms", allow_reference):
         return torch.ops.retinakit.multiclass_nms(boxes, scores, classes, num_valid, *args)
     return reference.multiclass_nms(boxes, scores, classes, num_valid, *args)
+
+
+@torch.library.custom_op("retinakit_export::nms_keep", mutates_args=())
+def nms_keep(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float, max_per_class: int) -> Tensor:
+    """Per-class NMS as a keep mask with static shapes: the NMS of traced (exported) graphs.
+
+    ``torch.onnx.export(dynamo=True)`` turns it into ONNX ``NonMaxSuppression`` through
+    :func:`retinakit.ops.onnx.custom_translation_table`; in PyTorch it runs :func:`batched_nms`.
+
+    Args:
+        boxes: ``[N, M, 4]`` float32 XYXY candidates.
+        scores: ``[N, C, M]`` float32; candidate ``m`` takes part in class ``c``'s NMS when
+            ``scores[n, c, m] > score_threshold``.
+        iou_threshold: a box is suppressed by a higher-scored kept box of its class when IoU > this.
+        max_per_class: at most this many boxes kept per image and class (highest scores first).
+
+    Returns:
+        ``keep [N, M]`` float32, 1.0 where candidate ``m`` is kept for some class, else 0.0.
+    """
+    n_img, _, m = scores.shape
+    keep = torch.zeros(n_img, m, dtype=torch.float32, device=scores.device)
+    for n in range(n_img):
+        cls_idx, box_idx = torch.nonzero(scores[n] > score_threshold, as_tuple=True)
+        if box_idx.numel() == 0:
+            continue
+        kept = batched_nms(boxes[n, box_idx].float(), scores[n, cls_idx, box_idx].float(), cls_idx, iou_threshold)
+        kept_cls = cls_idx[kept]
+        # Rank of each kept box within its class (kept is ordered by decreasing score).
+        rank = torch.zeros_like(kept)
+        for c in torch.unique(kept_cls).tolist():
+            sel = (kept_cls == c).nonzero().flatten()
+            rank[sel] = torch.arange(sel.numel(), device=rank.device)
+        keep[n, box_idx[kept[rank < max_per_class]]] = 1.0
+    return keep
+
+
+@nms_keep.register_fake
+def _nms_keep_fake(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float, max_per_class: int) -> Tensor:
+    return scores.new_empty((scores.shape[0], scores.shape[2]), dtype=torch.float32)

@@ -105,29 +105,6 @@ def test_soft_nms_needs_heads_mode(tmp_path):
         export_onnx(model, str(tmp_path / "m.onnx"), mode="e2e")
 
 
-def test_nms_keep_op_matches_batched_nms():
-    """The export op's PyTorch implementation keeps what per-class NMS keeps (capped per class)."""
-    from retinakit.export.onnx_ops import nms_keep
-
-    g = torch.Generator().manual_seed(0)
-    xy = torch.rand(1, 50, 2, generator=g) * 50
-    boxes = torch.cat([xy, xy + 5 + torch.rand(1, 50, 2, generator=g) * 20], dim=2)
-    cls = torch.randint(0, 3, (50,), generator=g)
-    s = torch.rand(50, generator=g)
-    scores = torch.full((1, 3, 50), -1.0)
-    scores[0, cls, torch.arange(50)] = s
-    keep = nms_keep(boxes, scores, 0.5, 0.05, 1000)[0].bool()
-    from torchvision.ops import batched_nms
-
-    valid = s > 0.05
-    idx = torch.nonzero(valid).flatten()
-    ref = idx[batched_nms(boxes[0, idx], s[idx], cls[idx], 0.5)]
-    assert set(ref.tolist()) == set(torch.nonzero(keep).flatten().tolist())
-    capped = nms_keep(boxes, scores, 0.5, 0.05, 2)[0]
-    for c in range(3):
-        assert int(capped[cls == c].sum()) <= 2
-
-
 def test_custom_postprocessor_is_refused_for_end_to_end_export():
     from torch import nn
 

@@ -73,6 +73,19 @@ class ImagePreprocessor(nn.Module):
             )
         return (image.float() - self.pixel_mean) / self.pixel_std
 
+    def normalize_padded(self, images: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
+        """The batch form of :meth:`forward` for traced graphs (export; no resizing).
+
+        ``images [N, C, H, W]`` (0-255, already padded), ``image_sizes [N, 2]`` ``(height, width)``
+        of each valid region -> float32 ``[N, C, H, W]`` normalised, with the padding set to 0 as
+        :meth:`forward` pads its normalised images, so the padding's content does not matter.
+        """
+        x = (images.float() - self.pixel_mean) / self.pixel_std
+        h, w = images.shape[-2], images.shape[-1]
+        rows = torch.arange(h, device=images.device, dtype=torch.float32)[None, :] < image_sizes[:, 0:1]  # [N, H]
+        cols = torch.arange(w, device=images.device, dtype=torch.float32)[None, :] < image_sizes[:, 1:2]  # [N, W]
+        return x * (rows[:, :, None] & cols[:, None, :]).to(x.dtype)[:, None]
+
     def _target_size(self, training: bool) -> tuple[float, float]:
         if training:
             idx = int(torch.randint(len(self.min_size_train), (1,)).item())

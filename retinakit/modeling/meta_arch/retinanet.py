@@ -300,11 +300,14 @@ class RetinaNet(nn.Module):
         return self.loss_normalizer.clone()
 
     def inference_outputs(self, images: ImageList) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-        """Raw per-level head outputs and anchors for a preprocessed batch (training, inference, export)."""
-        features = self.backbone(images.tensor)
+        """Raw per-level head outputs and anchors for a preprocessed batch (training, inference)."""
+        return self.forward_features(images.tensor)
+
+    def forward_features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Normalised, padded ``images [N, C, H, W]`` -> per level ``cls_logits [N, A*K, H_l, W_l]``,
+        ``box_deltas [N, A*4, H_l, W_l]`` and ``anchors [H_l*W_l*A, 4]`` (also what export traces)."""
+        features = self.backbone(images)
         features = [features[f] for f in self.head_in_features]
-        anchors = self.anchor_generator(features, tuple(images.tensor.shape[-2:]))
+        anchors = self.anchor_generator(features, tuple(images.shape[-2:]))
         cls_logits, box_deltas = self.head(features)
-        return cls_logits, box_deltas, anchors
-
-
+        return list(cls_logits), list(box_deltas), anchors
