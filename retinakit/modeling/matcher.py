@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from ..config import CfgNode, ConfigError, configurable
-from ..structures import pairwise_iou
 from ..utils.registry import Registry
 from .protocols import Matcher, MatchInputs
 
@@ -96,16 +95,6 @@ class IoUMatcher:
 MATCHER_REGISTRY.register(IoUMatcher)
 
 
-def _nearest_k_mask(dist: torch.Tensor, k: int) -> torch.Tensor:
-    """``dist [G, n]``, ``1 <= k <= n`` -> bool ``[G, n]``: each row's ``k`` smallest entries,
-    equal distances taken in increasing column (anchor) order, so the choice is deterministic."""
-    kth = dist.topk(k, dim=1, largest=False).values[:, -1:]  # [G, 1]
-    closer = dist < kth
-    tied = dist == kth
-    room = k - closer.sum(dim=1, keepdim=True)
-    return closer | (tied & (tied.cumsum(dim=1) <= room))
-
-
 class ATSSMatcher:
     """Adaptive Training Sample Selection (Zhang et al., CVPR 2020).
 
@@ -161,7 +150,11 @@ class ATSSMatcher:
 
     def match(self, inputs: MatchInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """The :class:`Matcher` protocol: anchors per level ``[R_l, 4]`` and ``gt_boxes [G, 4]``
-        -> ``matches [R]`` int64 (0 for background), ``labels [R]`` int8 (1 foreground, 0 background)."""
+        -> ``matches [R]`` int64 (0 for background), ``labels [R]`` int8 (1 foreground, 0 background).
+
+        Works on the ``C = sum_l min(topk, R_l)`` candidates of each box (``[G, C]``), not on
+        the full ``[G, R]`` IoU matrix; only the centre distances are computed for every anchor.
+        """
         anchors, gt = inputs.all_anchors(), inputs.gt_boxes
         num = anchors.shape[0]
         if gt.shape[0] == 0 or num == 0:
@@ -169,42 +162,72 @@ class ATSSMatcher:
         # float64 geometry: centres and squared distances of float32 boxes are then exact, so
         # anchors that are equidistant on paper tie exactly and the lower index wins.
         anchors, gt = anchors.double(), gt.double()
-        iou = pairwise_iou(gt, anchors)  # [G, R]
-        centres = (anchors[:, :2] + anchors[:, 2:]) / 2  # [R, 2]
-        candidate = self._candidates(centres, (gt[:, :2] + gt[:, 2:]) / 2, inputs.num_anchors_per_level())
-        positive = candidate & (iou >= self._thresholds(iou, candidate)[:, None]) & self._inside(centres, gt)
-        matches = torch.where(positive, iou, -1.0).max(dim=0).indices  # max: the first (lowest) index on ties
-        return matches, positive.any(dim=0).to(torch.int8)
+        idx = self._candidates(anchors, gt, inputs.num_anchors_per_level())  # [G, C]
+        cand = anchors[idx]  # [G, C, 4]
+        iou = _paired_iou(gt[:, None, :].expand_as(cand), cand)  # [G, C]
+        centres = (cand[..., :2] + cand[..., 2:]) / 2
+        inside = ((centres > gt[:, None, :2]) & (centres < gt[:, None, 2:])).all(dim=-1)
+        positive = inside & (iou >= self._thresholds(iou)[:, None])
+        return _assign(idx, iou, positive, num)
 
-    def _candidates(self, centres: torch.Tensor, gt_centres: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """``centres [R, 2]``, ``gt_centres [G, 2]`` -> bool ``[G, R]``: per level the ``topk`` nearest."""
-        candidate = torch.zeros((gt_centres.shape[0], centres.shape[0]), dtype=torch.bool, device=centres.device)
-        start = 0
+    def _candidates(self, anchors: torch.Tensor, gt: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """``anchors [R, 4]``, ``gt [G, 4]`` -> ``[G, C]`` indices into ``anchors``: per level the
+        ``min(topk, R_l)`` anchors whose centres are nearest the box centre."""
+        centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+        gt_centres = (gt[:, :2] + gt[:, 2:]) / 2
+        out, start = [], 0
         for n in counts:
             if n > 0:
                 d = gt_centres[:, None, :] - centres[None, start:start + n, :]  # [G, n, 2]
                 dist = d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1]  # squared L2: same order, exact ties
-                candidate[:, start:start + n] = _nearest_k_mask(dist, min(self.topk, n))
+                out.append(_nearest_k(dist, min(self.topk, n)) + start)
             start += n
-        return candidate
+        return torch.cat(out, dim=1)
 
     @staticmethod
-    def _thresholds(iou: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
-        """``[G]`` mean + unbiased std of each row's candidate IoUs. Computed about the largest
-        candidate IoU, so that equal IoUs give a threshold exactly equal to them."""
-        pivot = torch.where(candidate, iou, -1.0).max(dim=1, keepdim=True).values  # [G, 1]
-        count = candidate.sum(dim=1)
-        shifted = torch.where(candidate, iou - pivot, 0.0)
-        mean = shifted.sum(dim=1) / count
-        centred = torch.where(candidate, shifted - mean[:, None], 0.0)
-        var = (centred * centred).sum(dim=1) / (count - 1).clamp(min=1)
-        return pivot[:, 0] + mean + var.sqrt()
+    def _thresholds(iou: torch.Tensor) -> torch.Tensor:
+        """``iou [G, C]`` -> ``[G]`` mean + sample std (``N - 1``; 0 when ``C == 1``) of each row.
+        Computed about the row's largest IoU, so that equal IoUs give exactly that IoU."""
+        pivot = iou.max(dim=1, keepdim=True).values
+        shifted = iou - pivot
+        mean = shifted.mean(dim=1, keepdim=True)
+        var = ((shifted - mean) ** 2).sum(dim=1) / max(iou.shape[1] - 1, 1)
+        return (pivot + mean)[:, 0] + var.sqrt()
 
-    @staticmethod
-    def _inside(centres: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-        """bool ``[G, R]``: anchor centre strictly inside the box."""
-        c = centres[None]
-        return ((c > gt[:, None, :2]) & (c < gt[:, None, 2:])).all(dim=-1)
+
+def _nearest_k(dist: torch.Tensor, k: int) -> torch.Tensor:
+    """``dist [G, n]``, ``1 <= k <= n`` -> ``[G, k]`` column indices of each row's ``k`` smallest
+    entries, equal distances taken in increasing column (anchor) order (deterministic)."""
+    kth = dist.topk(k, dim=1, largest=False).values[:, -1:]  # [G, 1]
+    closer = dist < kth
+    tied = dist == kth
+    room = k - closer.sum(dim=1, keepdim=True)
+    chosen = closer | (tied & (tied.cumsum(dim=1) <= room))  # exactly k per row
+    return chosen.to(torch.uint8).topk(k, dim=1).indices
+
+
+def _paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of corresponding boxes ``a [..., 4]``, ``b [..., 4]`` (XYXY) -> ``[...]``; 0 for an empty union."""
+    wh = (torch.min(a[..., 2:], b[..., 2:]) - torch.max(a[..., :2], b[..., :2])).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter
+    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter))
+
+
+def _assign(idx: torch.Tensor, iou: torch.Tensor, positive: torch.Tensor, num: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-anchor winner among the boxes it is positive for: the highest IoU, then the lowest box.
+
+    ``idx``, ``iou``, ``positive``: ``[G, C]`` candidate anchor indices, IoUs and decisions ->
+    ``matches [num]`` int64 (0 where no box), ``labels [num]`` int8.
+    """
+    g = idx.shape[0]
+    flat, vals = idx.reshape(-1), torch.where(positive, iou, -1.0).reshape(-1)
+    best = vals.new_full((num,), -1.0).scatter_reduce(0, flat, vals, "amax")
+    box = torch.arange(g, device=idx.device)[:, None].expand_as(idx).reshape(-1)
+    wins = positive.reshape(-1) & (vals == best[flat])
+    matches = idx.new_full((num,), g).scatter_reduce(0, flat, torch.where(wins, box, g), "amin")
+    labels = matches < g
+    return torch.where(labels, matches, 0), labels.to(torch.int8)
 
 
 MATCHER_REGISTRY.register(ATSSMatcher)

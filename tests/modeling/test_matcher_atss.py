@@ -107,16 +107,19 @@ class Reference:
         return out
 
 
-def run(levels: list[list[Box]], gts: list[Box], k: int, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
-    anchors = [torch.tensor(level, dtype=dtype).reshape(-1, 4) for level in levels]
-    return ATSSMatcher(topk=k).match(MatchInputs(anchors, torch.tensor(gts, dtype=dtype).reshape(-1, 4)))
+def run(levels: list[list[Box]], gts: list[Box], k: int, dtype: torch.dtype = torch.float32, device: str = "cpu") -> tuple[Tensor, Tensor]:
+    anchors = [torch.tensor(level, dtype=dtype, device=device).reshape(-1, 4) for level in levels]
+    return ATSSMatcher(topk=k).match(MatchInputs(anchors, torch.tensor(gts, dtype=dtype, device=device).reshape(-1, 4)))
 
 
-def assert_matches_reference(levels: list[list[Box]], gts: list[Box], k: int, dtype: torch.dtype = torch.float32) -> Reference:
+def assert_matches_reference(
+    levels: list[list[Box]], gts: list[Box], k: int, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> Reference:
     ref = Reference(levels, gts, k)
-    matches, labels = run(levels, gts, k, dtype)
+    matches, labels = run(levels, gts, k, dtype, device)
     ref_matches, ref_labels = ref.assignment()
     assert labels.dtype == torch.int8 and matches.dtype == torch.int64
+    assert labels.device.type == matches.device.type == device
     assert labels.tolist() == ref_labels
     assert [m if lbl else 0 for m, lbl in zip(matches.tolist(), ref_labels)] == ref_matches
     return ref
@@ -271,6 +274,15 @@ def test_random_integer_boxes_float32(seed: int) -> None:
     ref = Reference(levels, gts, k)
     assert ref.margin() > 1e-9, "a reference decision within rounding of its threshold: not comparable"
     assert_matches_reference(levels, gts, k, dtype=torch.float32)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("seed", range(10))
+def test_random_on_cuda(seed: int) -> None:
+    for s, integer, dtype in ((seed, False, torch.float64), (100 + seed, True, torch.float32)):
+        levels, gts, k = random_case(s, integer=integer)
+        assert_matches_reference(levels, gts, k, dtype=dtype, device="cuda")
 
 
 def test_random_cases_have_positives_and_ties() -> None:
