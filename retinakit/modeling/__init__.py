@@ -8,7 +8,7 @@ from .box_coder import BOX_CODER_REGISTRY, DeltaXYWHBoxCoder, LegacyDeltaXYWHBox
 from .fuse import fuse_frozen_batchnorm, prepare_for_inference
 from .heads import HEAD_REGISTRY, RetinaNetHead, build_head
 from .losses import LOSS_REGISTRY, build_loss
-from .matcher import MATCHER_REGISTRY, IoUMatcher, build_matcher
+from .matcher import MATCHER_REGISTRY, ATSSMatcher, IoUMatcher, build_matcher
 from .meta_arch import META_ARCH_REGISTRY, RetinaNet, build_model
 from .postprocess import POSTPROCESSOR_REGISTRY, build_postprocessor
 from .protocols import BoxCoder, FusedDecodeBoxCoder, Matcher, MatchInputs, PostProcessor
@@ -23,6 +23,7 @@ __all__ = [
     "MATCHER_REGISTRY",
     "META_ARCH_REGISTRY",
     "POSTPROCESSOR_REGISTRY",
+    "ATSSMatcher",
     "Backbone",
     "BoxCoder",
     "DefaultAnchorGenerator",
