@@ -313,7 +313,8 @@ def _p2_source(cfg: Any, model: Any) -> tuple[dict[str, Any], str]:
         tried.append(f"{key} with {guess!r}: not stride 4")
     detail = "; ".join(tried) if tried else (
         "no config key lists its outputs" if guess else "its output names do not show which one would be stride 4")
-    return {}, f"backbone {bottom!r} has no stride-4 output (its outputs: {strides}; {detail}), so no P2 level can be added"
+    kind = type(backbone.bottom_up).__name__
+    return {}, f"backbone {bottom!r} ({kind}) has no stride-4 output (its outputs: {strides}; {detail}), so no P2 level can be added"
 
 
 # ----------------------------------------------------------------------------- sizes of the new level
