@@ -5,6 +5,8 @@
     python tools/benchmark.py data --config-file CFG
     python tools/benchmark.py train --config-file CFG
     python tools/benchmark.py inference [--config-file CFG]
+    python tools/benchmark.py levels [--sizes 512x512 800x1333] [--levels p3-p7 p2-p7]
+    python tools/benchmark.py backbones [--size 512 512]
 
 Each subcommand lives in tools/benchmarks/<name>.py and defines
 ``add_arguments(parser)`` and ``main(args)``. Results go to docs/benchmarks.md by hand,
@@ -15,7 +17,7 @@ import importlib
 import os
 import sys
 
-SUBCOMMANDS = ("postprocess", "data", "train", "inference")
+SUBCOMMANDS = ("postprocess", "data", "train", "inference", "backbones", "levels")
 
 
 def main(argv=None) -> int:
