@@ -11,8 +11,10 @@ For each input size and level set, with RetinaNet's anchors (4 x stride, 3 octav
 * torchvision - RetinaNet.postprocess_detections on the same outputs (the named peer).
 
 Peak memory is the rise of the process's peak resident set (VmHWM, reset through
-/proc/self/clear_refs) over the resident set before the call, in MiB: it includes every
-temporary the call allocates, whatever allocator it uses ("n/a" where /proc is missing).
+/proc/self/clear_refs) over the resident set before the call, in MiB, measured after the
+timings with glibc's mmap threshold fixed at 128 KiB (mallopt), so that every buffer of
+128 KiB or more is fresh mapped memory and not a reused free block: it counts every such
+temporary alive at the peak, also inside compiled ops ("n/a" without /proc or glibc).
 The size of the head outputs themselves (allocated by the head, before post-processing) is
 reported beside it.
 
@@ -21,6 +23,7 @@ reported beside it.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -113,8 +116,19 @@ def _rss_kib(field: str) -> int | None:
     return None
 
 
-def peak_mib(fn: Callable[[], Any]) -> float | None:
-    """Rise of the peak resident set during ``fn()`` over the resident set before it (MiB)."""
+def fix_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
+    """Make glibc serve every allocation of ``nbytes`` or more by a fresh mmap (no dynamic threshold)."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, nbytes))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+def peak_mib(fn: Callable[[], Any], setup: Callable[[], Any] | None = None) -> float | None:
+    """Rise of the peak resident set during ``fn()`` over the resident set before it (MiB),
+    after ``setup()`` (e.g. freeing the previous call's results)."""
+    if setup is not None:
+        setup()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current VmRSS
@@ -151,13 +165,18 @@ def measure(hw: tuple[int, int], levels: list[int], args: argparse.Namespace) ->
         gen._cache.clear()
         return gen(cls, padded)
 
+    def new_anchors() -> None:  # the cache is cleared before the resident set is read
+        gen(cls, padded)
+
     anchors = gen_anchors()
     sizes = [hw] * args.batch
     fns = {"anchors": gen_anchors, "retinakit": retinakit_fn(cls, box, anchors, sizes)}
     if not args.no_torchvision:
         fns["torchvision"] = torchvision_fn(cls, box, anchors, sizes)
     times = {name: _time(fn, args.repeats, args.warmup) for name, fn in fns.items()}
-    peaks = {name: peak_mib(fn) for name, fn in fns.items()}
+    exact = fix_mmap_threshold()
+    peaks = {name: peak_mib(fn) if exact else None for name, fn in fns.items() if name != "anchors"}
+    peaks["anchors"] = peak_mib(new_anchors, setup=gen._cache.clear) if exact else None
     with torch.no_grad():
         cand = sum(int((torch.sigmoid(c) > 0.05).sum()) for c in cls) / args.batch
     head_mib = sum(c.numel() + b.numel() for c, b in zip(cls, box)) * 4 / 2**20 / args.batch
