@@ -141,19 +141,22 @@ def peak_mib(fn: Callable[[], Any], setup: Callable[[], Any] | None = None) -> f
     return None if before is None or peak is None else max(peak - before, 0) / 1024
 
 
-def _time(fn: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
+def _time_interleaved(fns: list[Callable[[], Any]], repeats: int, warmup: int) -> list[list[float]]:
+    """Milliseconds of every repeat of each ``fn``, the functions taking turns (load hits all alike)."""
     for _ in range(warmup):
-        fn()
-    out = []
+        for fn in fns:
+            fn()
+    out: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e3)
+        for fn, times in zip(fns, out):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
     return out
 
 
-def measure(hw: tuple[int, int], levels: list[int], args: argparse.Namespace) -> dict[str, Any]:
-    """Times (ms, every repeat) and peak memory (MiB) of anchors / post-processing for one setting."""
+def setting(hw: tuple[int, int], levels: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    """Head outputs, anchors and the functions measured for one input size and level set."""
     from benchmarks.postprocess import retinakit_fn, torchvision_fn
 
     gen = anchor_generator(levels)
@@ -165,27 +168,27 @@ def measure(hw: tuple[int, int], levels: list[int], args: argparse.Namespace) ->
         gen._cache.clear()
         return gen(cls, padded)
 
-    def new_anchors() -> None:  # the cache is cleared before the resident set is read
-        gen(cls, padded)
-
     anchors = gen_anchors()
     sizes = [hw] * args.batch
     fns = {"anchors": gen_anchors, "retinakit": retinakit_fn(cls, box, anchors, sizes)}
     if not args.no_torchvision:
         fns["torchvision"] = torchvision_fn(cls, box, anchors, sizes)
-    times = {name: _time(fn, args.repeats, args.warmup) for name, fn in fns.items()}
-    exact = fix_mmap_threshold()
-    peaks = {name: peak_mib(fn) if exact else None for name, fn in fns.items() if name != "anchors"}
-    peaks["anchors"] = peak_mib(new_anchors, setup=gen._cache.clear) if exact else None
     with torch.no_grad():
         cand = sum(int((torch.sigmoid(c) > 0.05).sum()) for c in cls) / args.batch
-    head_mib = sum(c.numel() + b.numel() for c, b in zip(cls, box)) * 4 / 2**20 / args.batch
-    return {
+    meta = {
         "size": f"{hw[0]}x{hw[1]}", "levels": f"p{levels[0]}-p{levels[-1]}", "batch": args.batch,
         "anchors_per_image": sum(a.shape[0] for a in anchors), "candidates_per_image": cand,
-        "head_outputs_mib_per_image": head_mib, "times_ms": times, "peak_mib": peaks,
+        "head_outputs_mib_per_image": sum(c.numel() + b.numel() for c, b in zip(cls, box)) * 4 / 2**20 / args.batch,
         "threads": args.threads,
     }
+    return {"meta": meta, "fns": fns, "clear_anchor_cache": gen._cache.clear, "anchors_again": lambda: gen(cls, padded)}
+
+
+def measure_peaks(s: dict[str, Any]) -> dict[str, float | None]:
+    """Peak memory (MiB) of each step of one setting; call after every timing (see the module doc)."""
+    peaks = {name: peak_mib(fn) for name, fn in s["fns"].items() if name != "anchors"}
+    peaks["anchors"] = peak_mib(s["anchors_again"], setup=s["clear_anchor_cache"])
+    return peaks
 
 
 def _fmt_ms(t: list[float]) -> str:
@@ -208,15 +211,25 @@ def main(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     level_sets = [parse_levels(x) for x in args.levels]
-    results, rows = [], []
-    for size in args.sizes:
-        hw = parse_size(size)
-        per_size = [measure(hw, levels, args) for levels in level_sets]
-        results.extend(per_size)
-        for res in per_size:
-            rows.extend(_row(res, per_size[0], impl) for impl in res["times_ms"])
+    results = []
+    for size in args.sizes:  # timings first: the memory pass changes the allocator's settings
+        settings = [setting(parse_size(size), levels, args) for levels in level_sets]
+        for name in settings[0]["fns"]:
+            times = _time_interleaved([s["fns"][name] for s in settings], args.repeats, args.warmup)
+            for s, t in zip(settings, times):
+                s["meta"].setdefault("times_ms", {})[name] = t
+        results.extend(s["meta"] for s in settings)
+        del settings
+    exact = fix_mmap_threshold()
+    for res in results:
+        s = setting(parse_size(res["size"]), parse_levels(res["levels"]), args)
+        res["peak_mib"] = measure_peaks(s) if exact else dict.fromkeys(s["fns"])
+    rows = []
+    for i, res in enumerate(results):
+        ref = results[i - i % len(level_sets)]
+        rows.extend(_row(res, ref, impl) for impl in res["times_ms"])
     print(f"batch {args.batch}, {args.num_classes} classes, {NUM_ANCHORS} anchors/location, {args.threads} threads; "
-          f"ratios against {args.levels[0]} in the same run")
+          f"ratios against {args.levels[0]} in the same run (interleaved repeats)")
     print(tabulate(rows, headers=["size", "levels", "step", "median ms (min-max)", f"vs {args.levels[0]}", "peak MiB",
                                   "anchors/img", "cand/img", "head out MiB/img"]))
     if args.json:
