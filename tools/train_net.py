@@ -8,6 +8,9 @@
 Components from your own packages are used by listing them in CUSTOM_IMPORTS.
 Errors in the config or the data stop the run before training starts, with one message
 and exit code 2 (no traceback). A non-finite loss stops training with exit code 3.
+SIGTERM/SIGINT during training save a checkpoint of the current iteration and exit with
+128 + the signal number (143, 130) after one log line naming the checkpoint; a second
+signal exits at once. Under torchrun, a restarted group resumes by itself.
 Multi-machine: run it on every machine with --num-machines M --machine-rank R
 --dist-url tcp://HOST0:PORT; or start it with torchrun (one process per device).
 """
@@ -26,6 +29,7 @@ from retinakit.config import ConfigError, get_cfg
 from retinakit.engine import (
     DefaultTrainer,
     NonFiniteLossError,
+    TrainingInterrupted,
     default_argument_parser,
     default_setup,
     launch,
@@ -147,6 +151,8 @@ def guarded_main(args: Any) -> Any:
         logging.getLogger("retinakit").error(str(e))
         print(f"ERROR: {e}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_NON_FINITE) from e
+    except TrainingInterrupted as e:  # the checkpoint is written and logged: exit as the signal asked
+        raise SystemExit(128 + e.signum) from e
     except Exception as e:
         msg = user_error_message(e)
         if msg is None:

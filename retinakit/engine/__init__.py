@@ -20,6 +20,7 @@ from .train_loop import (
     NonFiniteLossError,
     SimpleTrainer,
     TrainerBase,
+    TrainingInterrupted,
 )
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "NonFiniteLossError",
     "SimpleTrainer",
     "TrainerBase",
+    "TrainingInterrupted",
     "WarmupLRScheduler",
     "auto_scale_workers",
     "build_lr_scheduler",

@@ -311,6 +311,8 @@ class DefaultTrainer(TrainerBase):
            are in metrics.json (a run killed right after the save loses no row on resume).
         8. PeriodicCheckpointer: last, after every hook that changes state, so the checkpoint
            holds the state a resumed run needs at the start of the next iteration.
+        9. StopOnSignal: after a SIGTERM/SIGINT, saves this iteration (unless 8 just did) and
+           stops training with ``TrainingInterrupted``.
 
         Hooks added later with :meth:`register_hooks` run after these.
         """
@@ -328,9 +330,8 @@ class DefaultTrainer(TrainerBase):
         if comm.is_main_process():
             writers = self.build_writers()
             out.append(hooks.PeriodicWriter(writers, period=cfg.SOLVER.LOG_PERIOD))
-        out.append(
-            hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_iter, cfg.SOLVER.MAX_TO_KEEP)
-        )
+        periodic = hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_iter, cfg.SOLVER.MAX_TO_KEEP)
+        out += [periodic, hooks.StopOnSignal(self.checkpointer, periodic)]
         return out
 
     def build_writers(self) -> list[EventWriter]:
@@ -360,7 +361,15 @@ class DefaultTrainer(TrainerBase):
 
     def resume_or_load(self, resume: bool = True) -> None:
         """With ``resume`` and a checkpoint in OUTPUT_DIR: restore everything and continue
-        after its iteration. Otherwise load ``MODEL.WEIGHTS`` (model only) and start at 0."""
+        after its iteration. Otherwise load ``MODEL.WEIGHTS`` (model only) and start at 0.
+
+        A group restarted by torchrun (``TORCHELASTIC_RESTART_COUNT`` > 0) always resumes: the
+        restarted command is the first one, without ``--resume``."""
+        from .launch import elastic_restart_count
+
+        if not resume and elastic_restart_count() > 0:
+            logger.info(f"torchrun restart {elastic_restart_count()}: resuming from the last complete checkpoint of {self.cfg.OUTPUT_DIR}")
+            resume = True
         extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         self._resume_extra = extra
         if resume and "iteration" in extra:

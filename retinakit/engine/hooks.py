@@ -14,6 +14,8 @@ import copy
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,7 +28,7 @@ from ..checkpoint.checkpointer import Checkpointer, get_rng_state, set_rng_state
 from ..utils import comm
 from ..utils.events import EventWriter
 from ..utils.registry import Registry
-from .train_loop import HookBase
+from .train_loop import HookBase, TrainingInterrupted
 
 __all__ = [
     "HOOK_REGISTRY",
@@ -38,6 +40,7 @@ __all__ = [
     "LRScheduler",
     "PeriodicCheckpointer",
     "PeriodicWriter",
+    "StopOnSignal",
     "flatten_results",
 ]
 
@@ -126,14 +129,17 @@ class PeriodicCheckpointer(HookBase):
         self.max_iter = max_iter
         self.max_to_keep = max_to_keep
         self._kept: list[str] = []
+        self.last_saved_iter = -1  # the iteration of the newest checkpoint this hook wrote
 
     def after_step(self) -> None:
         it = self.trainer.iter
         if it + 1 >= self.max_iter:
             self.checkpointer.save("model_final", iteration=it)
+            self.last_saved_iter = it
             return
         if self.period > 0 and (it + 1) % self.period == 0:
             path = self.checkpointer.save(f"model_{it:07d}", iteration=it)
+            self.last_saved_iter = it
             if path:
                 self._kept.append(path)
             self._prune()
@@ -146,6 +152,79 @@ class PeriodicCheckpointer(HookBase):
         for p in files[self.max_to_keep :]:
             if p != last and os.path.exists(p):
                 os.remove(p)
+
+
+class StopOnSignal(HookBase):
+    """On SIGTERM/SIGINT: finish the current iteration, save a checkpoint of it, stop training.
+
+    The first signal only sets a flag (so a pre-emption notice or Ctrl-C never leaves a
+    half-done step); after the iteration every rank agrees on it (one all-reduce of a flag per
+    iteration in a distributed run, so all ranks stop at the same iteration even when the signal
+    reached only one of them), the checkpoint ``model_{iter:07d}`` is written unless
+    ``periodic`` just wrote one, a single log line names the file to resume from, and
+    :class:`TrainingInterrupted` is raised. A second signal before that ends the process at
+    once (default action of the signal). Handlers are installed for the duration of training,
+    in the main thread only (elsewhere the hook does nothing), and the previous ones restored.
+    The checkpoint holds exactly what a periodic one at that iteration would hold, so a
+    resume continues bitwise. Register it after every hook that changes state.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, checkpointer: Checkpointer, periodic: PeriodicCheckpointer | None = None) -> None:
+        self.checkpointer = checkpointer
+        self.periodic = periodic
+        self.received = 0  # the signal number received (0: none)
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.received:  # the second signal: exit now, the default way
+            self._restore()
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        self.received = signum
+        logger.warning(f"Received {signal.Signals(signum).name}: stopping after this iteration with a checkpoint "
+                       "(send it again to exit at once).")
+
+    def before_train(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            logger.info("Training runs outside the main thread: SIGTERM/SIGINT are not handled by the trainer.")
+            return
+        for s in self.SIGNALS:
+            self._previous[s] = signal.signal(s, self._handler)
+
+    def _restore(self) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous = {}
+
+    def after_train(self) -> None:
+        self._restore()
+
+    def _agreed_signal(self) -> int:
+        if comm.get_world_size() == 1:
+            return self.received
+        flag = torch.tensor([self.received], dtype=torch.int64)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item())
+
+    def after_step(self) -> None:
+        signum = self._agreed_signal()
+        it = self.trainer.iter
+        if not signum or it + 1 >= self.trainer.max_iter:  # the last iteration: training ends anyway
+            return
+        if self.periodic is not None and self.periodic.last_saved_iter == it:
+            path = self.checkpointer.get_checkpoint_file()
+        else:
+            path = self.checkpointer.save(f"model_{it:07d}", iteration=it) or ""
+        name = signal.Signals(signum).name
+        where = os.path.abspath(self.checkpointer.save_dir) if self.checkpointer.save_dir else "(no OUTPUT_DIR)"
+        msg = (f"Stopped by {name} after iteration {it}: checkpoint {path or 'written by the main process'} is complete; "
+               f"rerun the same command with --resume (OUTPUT_DIR {where}) to continue from iteration {it + 1}.")
+        if comm.is_main_process():
+            logger.warning(msg)
+        raise TrainingInterrupted(msg, signum, it, path)
 
 
 @contextmanager

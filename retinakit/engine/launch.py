@@ -1,6 +1,13 @@
 """Start one process per device (DDP), on one or several machines; or adopt torchrun's.
 
 NCCL is used when CUDA is available, gloo otherwise (CPU processes, e.g. for tests).
+
+Under ``torchrun --max-restarts N`` a failed worker makes torchrun restart the whole group
+with ``TORCHELASTIC_RESTART_COUNT`` incremented. The restarted processes reach the same
+rendezvous store as the first round (torchrun keeps one store server for the whole job), where
+the first round's process-group keys (each rank's gloo/NCCL address) are still present: a new
+rank could read its peer's dead address from them and fail with "connection refused". So the
+group of each round is built on its own key space of that store (:func:`torchrun_store`).
 """
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ import torch.multiprocessing as mp
 
 from ..utils import comm
 
-__all__ = ["default_backend", "find_free_port", "launch"]
+__all__ = ["default_backend", "elastic_restart_count", "find_free_port", "launch", "torchrun_store"]
 
 logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = timedelta(minutes=30)
@@ -35,6 +42,29 @@ def find_free_port() -> int:
 
 def _under_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def elastic_restart_count() -> int:
+    """How many times torchrun has restarted this worker group (0: first round, or not torchrun)."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
+def torchrun_store(world: int, rank: int, timeout: timedelta) -> dist.Store | None:
+    """The rendezvous store of this torchrun round, under a key prefix of its own (see module doc).
+
+    ``None`` when not started by torchrun (then ``env://`` is used as is).
+    """
+    if "TORCHELASTIC_RESTART_COUNT" not in os.environ or "MASTER_ADDR" not in os.environ:
+        return None
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+        is_master=rank == 0 and not agent_hosts, timeout=timeout,
+    )
+    return dist.PrefixStore(f"retinakit/round_{elastic_restart_count()}/", store)
 
 
 def _set_device(local_rank: int) -> None:
@@ -64,9 +94,10 @@ def launch(
     backend = backend or default_backend()
     if _under_torchrun():
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
         _init_group(
-            backend, "env://", int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]),
-            local_world, num_machines_from_env(local_world), timeout,
+            backend, "env://", world, rank, int(os.environ["LOCAL_RANK"]),
+            local_world, num_machines_from_env(local_world), timeout, store=torchrun_store(world, rank, timeout),
         )
         try:
             return main_func(*args)
@@ -95,9 +126,13 @@ def num_machines_from_env(local_world: int) -> int:
 
 def _init_group(
     backend: str, url: str, world: int, rank: int, local_rank: int, local_world: int, num_machines: int, timeout: timedelta,
+    store: dist.Store | None = None,
 ) -> None:
     _set_device(local_rank)
-    dist.init_process_group(backend=backend, init_method=url, world_size=world, rank=rank, timeout=timeout)
+    if store is not None:
+        dist.init_process_group(backend=backend, store=store, world_size=world, rank=rank, timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, init_method=url, world_size=world, rank=rank, timeout=timeout)
     # One group per machine (every process must create every group, in the same order).
     for m in range(num_machines):
         ranks = list(range(m * local_world, (m + 1) * local_world))

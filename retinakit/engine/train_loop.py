@@ -19,7 +19,7 @@ from torch import nn
 from ..utils import comm
 from ..utils.events import EventStorage, HistoryBuffer, get_event_storage
 
-__all__ = ["AMPTrainer", "HookBase", "NonFiniteLossError", "SimpleTrainer", "TrainerBase"]
+__all__ = ["AMPTrainer", "HookBase", "NonFiniteLossError", "SimpleTrainer", "TrainerBase", "TrainingInterrupted"]
 
 logger = logging.getLogger("retinakit.trainer")
 
@@ -55,6 +55,18 @@ def load_history_state(storage: EventStorage, state: Mapping[str, Mapping[str, A
 
 class NonFiniteLossError(FloatingPointError):
     """A loss became NaN/Inf. The message names the iteration, the losses and the image ids."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal (SIGTERM, SIGINT) after writing a checkpoint.
+
+    Attributes: ``signum`` (the signal number), ``iteration`` (the last completed iteration),
+    ``checkpoint`` (the file a resume starts from; '' on processes that do not write files).
+    """
+
+    def __init__(self, message: str, signum: int, iteration: int, checkpoint: str = "") -> None:
+        super().__init__(message)
+        self.signum, self.iteration, self.checkpoint = signum, iteration, checkpoint
 
 
 class HookBase:

@@ -6,6 +6,11 @@ prints ``PAUSE EVENT ITER`` on stderr at that event and iteration and waits to b
 Without the variable it does nothing, so killed and uninterrupted runs have the same hooks.
 It also logs every event it sees to ``$RESUME_TEST_EVENTS`` (one ``EVENT ITER`` a line) when set.
 
+Faults (issue 20): ``RESUME_TEST_SIGNAL=EVENT:ITER:SIGNAME[:COUNT]`` sends the process SIGNAME
+(e.g. ``SIGTERM``) COUNT times (default 1) at that event, as a pre-emption notice would;
+``RESUME_TEST_SELF_KILL=EVENT:ITER:RANK`` SIGKILLs rank RANK there, in the first round of a
+torchrun run only (``TORCHELASTIC_RESTART_COUNT`` unset or 0), like an OOM kill of one worker.
+
 Importing it also wraps the checkpointer's file steps (in this test process only; the library
 has no test hook): ``RESUME_TEST_CHECKPOINT_PAUSE=STAGE:NAME`` stops the process at that stage
 of saving checkpoint NAME, announced as ``CHECKPOINT_PAUSE STAGE:NAME`` on stderr. Stages:
@@ -15,6 +20,7 @@ not moved yet), ``saved`` (both done).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -65,6 +71,19 @@ def _wrap_checkpointer() -> None:
 _wrap_checkpointer()
 
 
+def _fault(event: str, it: int) -> None:
+    """Send the signals that RESUME_TEST_SIGNAL / RESUME_TEST_SELF_KILL ask for at (event, it)."""
+    spec = os.environ.get("RESUME_TEST_SIGNAL", "").split(":")
+    if len(spec) >= 3 and spec[:2] == [event, str(it)]:
+        for _ in range(int(spec[3]) if len(spec) > 3 else 1):
+            os.kill(os.getpid(), getattr(signal, spec[2]))
+    kill = os.environ.get("RESUME_TEST_SELF_KILL", "").split(":")
+    first_round = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    if len(kill) == 3 and kill[:2] == [event, str(it)] and kill[2] == os.environ.get("RANK", "0") and first_round:
+        print(f"SELF_KILL {event} {it} rank {kill[2]}", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class _Pause(HookBase):
     def __init__(self, when: str, events_file: str) -> None:
         self.when, self.events_file = when, events_file
@@ -76,6 +95,7 @@ class _Pause(HookBase):
                 f.write(f"{event} {it}\n")
         if self.when == f"{event}:{it}":
             _wait_to_be_killed(f"PAUSE {event} {it}")
+        _fault(event, it)
 
     def before_train(self) -> None:
         self._at("before_train")
