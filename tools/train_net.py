@@ -51,10 +51,10 @@ def user_error_message(e: BaseException) -> str | None:
         from retinakit.data import DatasetError
     except ImportError:  # the data layer failed to import: not a user error
         DatasetError = ()  # type: ignore[assignment]
-    from retinakit.checkpoint import CheckpointMismatchError
+    from retinakit.checkpoint import CheckpointMismatchError, CheckpointWriteError
     from retinakit.checkpoint.weights_file import MissingSafetensorsError
 
-    if isinstance(e, (ConfigError, DatasetError, CheckpointMismatchError, MissingSafetensorsError)):
+    if isinstance(e, (ConfigError, DatasetError, CheckpointMismatchError, MissingSafetensorsError, CheckpointWriteError)):
         return str(e)
     if isinstance(e, KeyError) and ("registry" in str(e) or "not registered" in str(e)):
         return str(e.args[0]) if e.args else str(e)

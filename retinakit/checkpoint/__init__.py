@@ -1,6 +1,7 @@
 """Checkpoints: atomic save, exact resume, loading weights (``weights_only=True``), safetensors."""
 from .checkpointer import (
     Checkpointer,
+    CheckpointWriteError,
     atomic_torch_save,
     get_rng_state,
     load_checkpoint_file,
@@ -16,6 +17,7 @@ from .weights_file import (
 
 __all__ = [
     "CheckpointMismatchError",
+    "CheckpointWriteError",
     "Checkpointer",
     "LoadReport",
     "MissingSafetensorsError",

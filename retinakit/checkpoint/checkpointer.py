@@ -12,11 +12,13 @@ Files: ``OUTPUT_DIR/model_{iter:07d}.pth``, ``model_final.pth`` and ``last_check
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import logging
 import os
 import random
 import re
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,12 +29,56 @@ from torch import nn
 from ..config.config import CfgNode
 from ..utils import comm
 
-__all__ = ["Checkpointer", "atomic_torch_save", "get_rng_state", "load_checkpoint_file", "set_rng_state"]
+__all__ = ["CheckpointWriteError", "Checkpointer", "atomic_torch_save", "get_rng_state", "load_checkpoint_file", "set_rng_state"]
 
 logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last_checkpoint"
 _ITER_RE = re.compile(r"model_(\d+)\.pth$")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, I/O error, read-only folder).
+
+    The message is one line naming the folder, the free space and what the checkpoint needs;
+    the partial file is removed and ``last_checkpoint`` still names the previous checkpoint.
+    """
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _nbytes(obj: Any) -> int:
+    """Bytes of the tensors in ``obj`` (nested dicts/lists): about the size of its file."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def write_error_message(e: OSError, path: str, needed: int, latest: str) -> str:
+    """One line: what failed where, free space there vs. needed, what is intact, what to do."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        free = _human(shutil.disk_usage(folder).free)
+    except OSError:
+        free = "unknown"
+    reason = os.strerror(e.errno) if e.errno else str(e)
+    code = f" [{errno.errorcode.get(e.errno, e.errno)}]" if e.errno else ""
+    kept = f"{os.path.basename(latest)} is still the latest checkpoint" if latest else "no earlier checkpoint exists"
+    return (
+        f"Cannot write checkpoint {os.path.basename(path)} in {folder}: {reason}{code}; free space there: {free}, "
+        f"the checkpoint needs about {_human(needed)}. The partial file was removed and {kept}: "
+        "free space (or make the folder writable) and rerun with --resume."
+    )
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -106,7 +152,8 @@ def atomic_write_bytes(path: str, writer: Any) -> None:
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
-            os.remove(tmp)
+            with contextlib.suppress(OSError):  # never hide the write error behind a removal error
+                os.remove(tmp)
     _fsync_dir(d)
 
 
@@ -173,21 +220,37 @@ class Checkpointer:
         self.cfg = cfg
         self.save_to_disk = comm.is_main_process() if save_to_disk is None else save_to_disk
         self.checkpointables = checkpointables
+        self._last_size = 0  # bytes of the tensors of the last checkpoint prepared (for error messages)
 
     # -- save ------------------------------------------------------------------------
     def save(self, name: str, **extra: Any) -> str | None:
         """Write ``save_dir/name.pth`` atomically and point ``last_checkpoint`` to it.
 
         In a distributed run every rank must call it (RNG states are gathered from all ranks).
+        A failed write (disk full, I/O error, read-only folder) removes the partial file, leaves
+        ``last_checkpoint`` on the previous checkpoint and raises :class:`CheckpointWriteError`
+        on every rank (one line naming the folder and the free space).
         """
         rng = comm.all_gather(get_rng_state())
-        if not self.save_to_disk or not self.save_dir:
-            return None
+        path, error = None, ""
+        if self.save_to_disk and self.save_dir:
+            try:
+                path = self._write(name, rng, extra)
+            except OSError as e:
+                error = write_error_message(e, os.path.join(self.save_dir, f"{name}.pth"), self._last_size, self.get_checkpoint_file())
+        if comm.get_world_size() > 1:  # every rank learns of the writer's failure (none waits in a collective)
+            error = next((m for m in comm.all_gather(error) if m), "")
+        if error:
+            raise CheckpointWriteError(error)
+        return path
+
+    def _write(self, name: str, rng: list[Any], extra: Mapping[str, Any]) -> str:
         data: dict[str, Any] = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data["rng"] = rng
         data.update(extra)
+        self._last_size = _nbytes(data)
         os.makedirs(self.save_dir, exist_ok=True)
         path = os.path.join(self.save_dir, f"{name}.pth")
         atomic_torch_save(data, path)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import Checkpointer
-from ..config import CfgNode
+from ..config import CfgNode, ConfigError
 from ..utils import comm
 from ..utils.env import collect_env_info, seed_all_rng
 from ..utils.events import (
@@ -71,9 +71,15 @@ def default_setup(cfg: Any, args: argparse.Namespace | None = None) -> None:
     """
     out = cfg.OUTPUT_DIR
     rank = comm.get_rank()
+    error = ""
     if comm.is_main_process() and out:
-        os.makedirs(out, exist_ok=True)
-    comm.synchronize()
+        try:
+            prepare_output_dir(out)
+        except ConfigError as e:
+            error = str(e)
+    error = next((m for m in comm.all_gather(error) if m), "")  # every rank stops, none waits
+    if error:
+        raise ConfigError(error)
     setup_logger(out or None, distributed_rank=rank, name="retinakit")
     logger.info(f"Rank {rank} of {comm.get_world_size()} processes")
     logger.info("Environment:\n" + collect_env_info())
@@ -94,6 +100,21 @@ def default_setup(cfg: Any, args: argparse.Namespace | None = None) -> None:
             f.write(cfg.dump())
         logger.info(f"Full config saved to {path}")
     torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+
+
+def prepare_output_dir(out: str) -> None:
+    """Create ``out`` (OUTPUT_DIR) if needed; ``ConfigError`` (one line) when it is a file,
+    cannot be created, or is not writable."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"OUTPUT_DIR {out!r} is an existing file, not a folder: set OUTPUT_DIR to a folder (it is created if missing).")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"OUTPUT_DIR {out!r} cannot be created ({e.strerror or e}): set OUTPUT_DIR to a folder you can write to."
+        ) from e
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"OUTPUT_DIR {out!r} is not writable: set OUTPUT_DIR to a folder you can write to, or fix its permissions.")
 
 
 def default_writers(output_dir: str, max_iter: int, ims_per_batch: int | None = None) -> list[EventWriter]:

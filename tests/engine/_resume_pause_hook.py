@@ -10,6 +10,8 @@ Faults (issue 20): ``RESUME_TEST_SIGNAL=EVENT:ITER:SIGNAME[:COUNT]`` sends the p
 (e.g. ``SIGTERM``) COUNT times (default 1) at that event, as a pre-emption notice would;
 ``RESUME_TEST_SELF_KILL=EVENT:ITER:RANK`` SIGKILLs rank RANK there, in the first round of a
 torchrun run only (``TORCHELASTIC_RESTART_COUNT`` unset or 0), like an OOM kill of one worker.
+``RESUME_TEST_ENOSPC=NAME`` makes the write of checkpoint NAME fail like a full disk: ``torch.save``
+writes half of its bytes into the temp file, then raises ``OSError(ENOSPC)``.
 
 Importing it also wraps the checkpointer's file steps (in this test process only; the library
 has no test hook): ``RESUME_TEST_CHECKPOINT_PAUSE=STAGE:NAME`` stops the process at that stage
@@ -19,11 +21,15 @@ not moved yet), ``saved`` (both done).
 """
 from __future__ import annotations
 
+import errno
+import io
 import os
 import signal
 import sys
 import time
 from typing import Any
+
+import torch
 
 from retinakit.checkpoint import checkpointer
 from retinakit.engine import HOOK_REGISTRY, HookBase
@@ -68,7 +74,26 @@ def _wrap_checkpointer() -> None:
     checkpointer.os, checkpointer.atomic_torch_save, checkpointer.Checkpointer.save = _Os(), atomic_torch_save, save
 
 
+def _fail_write_like_a_full_disk() -> None:
+    name = os.environ.get("RESUME_TEST_ENOSPC", "")
+    if not name:
+        return
+    real = torch.save
+
+    def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        if f".{name}.tmp." not in str(getattr(f, "name", "")):
+            return real(obj, f, *args, **kwargs)
+        buf = io.BytesIO()
+        real(obj, buf)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        print(f"ENOSPC {name}", file=sys.stderr, flush=True)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    torch.save = save
+
+
 _wrap_checkpointer()
+_fail_write_like_a_full_disk()
 
 
 def _fault(event: str, it: int) -> None:
