@@ -11,10 +11,10 @@ For each input size and level set, with RetinaNet's anchors (4 x stride, 3 octav
 * torchvision - RetinaNet.postprocess_detections on the same outputs (the named peer).
 
 Peak memory is the rise of the process's peak resident set (VmHWM, reset through
-/proc/self/clear_refs) over the resident set before the call, in MiB, measured after the
-timings with glibc's mmap threshold fixed at 128 KiB (mallopt), so that every buffer of
-128 KiB or more is fresh mapped memory and not a reused free block: it counts every such
-temporary alive at the peak, also inside compiled ops ("n/a" without /proc or glibc).
+/proc/self/clear_refs) over the resident set before the call, in MiB, measured in a child
+process started with glibc's mmap threshold fixed at 128 KiB (MALLOC_MMAP_THRESHOLD_), so
+that every buffer of 128 KiB or more is fresh mapped memory, never a reused free block: it
+counts every such buffer alive at the peak, also inside compiled ops ("n/a" without /proc).
 The size of the head outputs themselves (allocated by the head, before post-processing) is
 reported beside it.
 
@@ -23,11 +23,11 @@ reported beside it.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -54,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-torchvision", action="store_true", help="skip the torchvision peer")
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the child process of the memory pass
 
 
 def parse_levels(text: str) -> list[int]:
@@ -114,14 +115,6 @@ def _rss_kib(field: str) -> int | None:
     except OSError:
         return None
     return None
-
-
-def fix_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
-    """Make glibc serve every allocation of ``nbytes`` or more by a fresh mmap (no dynamic threshold)."""
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, nbytes))  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        return False
 
 
 def peak_mib(fn: Callable[[], Any], setup: Callable[[], Any] | None = None) -> float | None:
@@ -206,13 +199,40 @@ def _row(res: dict[str, Any], ref: dict[str, Any], impl: str) -> list[Any]:
             f"{res['head_outputs_mib_per_image']:.0f}"]
 
 
+MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+
+
+def memory_pass(args: argparse.Namespace) -> list[dict[str, float | None]]:
+    """Peaks of every setting, from a child process with a fixed mmap threshold (module doc)."""
+    cmd = [sys.executable, os.path.join(_ROOT, "tools", "benchmark.py"), "levels", "--memory-only", "--sizes", *args.sizes,
+           "--levels", *args.levels, "--batch", str(args.batch), "--num-classes", str(args.num_classes),
+           "--seed", str(args.seed), "--threads", str(args.threads)] + (["--no-torchvision"] if args.no_torchvision else [])
+    out = subprocess.run(cmd, env={**os.environ, **MMAP_ENV}, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def memory_only(args: argparse.Namespace) -> int:
+    peaks = []
+    for size in args.sizes:
+        for levels in args.levels:
+            s = setting(parse_size(size), parse_levels(levels), args)
+            for fn in s["fns"].values():  # warm-up: one-time allocations are not the step's
+                fn()
+            peaks.append(measure_peaks(s))
+            del s
+    print(json.dumps(peaks))
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     torch.set_num_threads(args.threads)
+    if args.memory_only:
+        return memory_only(args)
     level_sets = [parse_levels(x) for x in args.levels]
     results = []
-    for size in args.sizes:  # timings first: the memory pass changes the allocator's settings
+    for size in args.sizes:
         settings = [setting(parse_size(size), levels, args) for levels in level_sets]
         for name in settings[0]["fns"]:
             times = _time_interleaved([s["fns"][name] for s in settings], args.repeats, args.warmup)
@@ -220,10 +240,8 @@ def main(args: argparse.Namespace) -> int:
                 s["meta"].setdefault("times_ms", {})[name] = t
         results.extend(s["meta"] for s in settings)
         del settings
-    exact = fix_mmap_threshold()
-    for res in results:
-        s = setting(parse_size(res["size"]), parse_levels(res["levels"]), args)
-        res["peak_mib"] = measure_peaks(s) if exact else dict.fromkeys(s["fns"])
+    for res, peaks in zip(results, memory_pass(args)):
+        res["peak_mib"] = peaks
     rows = []
     for i, res in enumerate(results):
         ref = results[i - i % len(level_sets)]
