@@ -6,10 +6,12 @@ storage and write it out.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import os
+import shutil
 import time
 from collections import defaultdict
 from typing import Any
@@ -159,11 +161,39 @@ class JSONWriter(EventWriter):
                 by_iter[it][k] = v
         if not by_iter:
             return
-        with open(self._path, "a", encoding="utf-8") as f:
-            for it in sorted(by_iter):
-                f.write(json.dumps({"iteration": it, **by_iter[it]}, sort_keys=True) + "\n")
-            f.flush()
+        text = "".join(json.dumps({"iteration": it, **by_iter[it]}, sort_keys=True) + "\n" for it in sorted(by_iter))
         self._last_written = max(by_iter)
+        append_or_warn(self._path, text)
+
+
+def append_or_warn(path: str, text: str) -> bool:
+    """Append ``text`` (whole lines) to ``path``; on a write error (disk full, I/O error) cut the
+    file back to its previous length, so no torn line is left, and log one warning naming the
+    file, the error and the free space. Training goes on: a metrics row is not worth a run."""
+    try:
+        with open(path, "ab") as f:
+            start = f.tell()
+            try:
+                f.write(text.encode("utf-8"))
+                f.flush()
+            except OSError:
+                with contextlib.suppress(OSError):
+                    f.truncate(start)
+                raise
+        return True
+    except OSError as e:
+        _warn_write_error(path, e)
+        return False
+
+
+def _warn_write_error(path: str, e: OSError) -> None:
+    try:
+        free = f"{shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free / 2**20:.1f} MiB"
+    except OSError:
+        free = "unknown"
+    logging.getLogger("retinakit.trainer").warning(
+        f"Could not write {path} ({e.strerror or e}; free space there: {free}): these metrics are skipped, training goes on."
+    )
 
 
 class TensorboardWriter(EventWriter):
@@ -186,7 +216,10 @@ class TensorboardWriter(EventWriter):
         for name, img, it in storage.pop_images():
             self._writer.add_image(name, img, it)
         self._last_written = newest
-        self._writer.flush()
+        try:
+            self._writer.flush()
+        except OSError as e:  # disk full / I/O error: warn, keep training
+            _warn_write_error(self._writer.log_dir, e)
 
     def close(self) -> None:
         self._writer.close()
