@@ -351,7 +351,9 @@ class DefaultTrainer(TrainerBase):
         if comm.is_main_process():
             writers = self.build_writers()
             out.append(hooks.PeriodicWriter(writers, period=cfg.SOLVER.LOG_PERIOD))
-        periodic = hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_iter, cfg.SOLVER.MAX_TO_KEEP)
+        periodic = hooks.PeriodicCheckpointer(
+            self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_iter, cfg.SOLVER.MAX_TO_KEEP, cfg.SOLVER.CHECKPOINT_WRITE_ERROR,
+        )
         out += [periodic, hooks.StopOnSignal(self.checkpointer, periodic)]
         return out
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint.checkpointer import Checkpointer, get_rng_state, set_rng_state
+from ..checkpoint.checkpointer import Checkpointer, CheckpointWriteError, get_rng_state, set_rng_state
 from ..utils import comm
 from ..utils.events import EventWriter
 from ..utils.registry import Registry
@@ -120,14 +120,23 @@ class PeriodicCheckpointer(HookBase):
     """Saves ``model_{iter:07d}`` every ``period`` iterations and ``model_final`` at the end.
 
     ``max_to_keep`` > 0 deletes older periodic checkpoints (never model_final/model_best).
+    ``on_write_error``: ``"stop"`` lets a :class:`CheckpointWriteError` end training; ``"retry"``
+    logs it and keeps training (the next period writes again; ``model_final`` always raises).
     The saved ``iteration`` is the iteration just completed; resume starts after it.
     """
 
-    def __init__(self, checkpointer: Checkpointer, period: int, max_iter: int, max_to_keep: int = 0) -> None:
+    def __init__(
+        self, checkpointer: Checkpointer, period: int, max_iter: int, max_to_keep: int = 0, on_write_error: str = "stop",
+    ) -> None:
+        if on_write_error not in ("stop", "retry"):
+            from ..config import ConfigError
+
+            raise ConfigError(f"SOLVER.CHECKPOINT_WRITE_ERROR must be 'stop' or 'retry', got {on_write_error!r}.")
         self.checkpointer = checkpointer
         self.period = period
         self.max_iter = max_iter
         self.max_to_keep = max_to_keep
+        self.on_write_error = on_write_error
         self._kept: list[str] = []
         self.last_saved_iter = -1  # the iteration of the newest checkpoint this hook wrote
 
@@ -138,7 +147,13 @@ class PeriodicCheckpointer(HookBase):
             self.last_saved_iter = it
             return
         if self.period > 0 and (it + 1) % self.period == 0:
-            path = self.checkpointer.save(f"model_{it:07d}", iteration=it)
+            try:
+                path = self.checkpointer.save(f"model_{it:07d}", iteration=it)
+            except CheckpointWriteError as e:
+                if self.on_write_error == "stop":
+                    raise
+                logger.warning(f"{e} (SOLVER.CHECKPOINT_WRITE_ERROR retry: training goes on, the next period tries again)")
+                return
             self.last_saved_iter = it
             if path:
                 self._kept.append(path)

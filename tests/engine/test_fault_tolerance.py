@@ -4,7 +4,7 @@ trainer through ``tools/train_net.py``, on a tiny shapes split:
 * a checkpoint write that fails (ENOSPC after part of the file is written) stops the run with
   one line naming the folder and the free space; the partial file is gone, ``last_checkpoint``
   still names the previous checkpoint, and ``--resume`` after "freeing space" ends bitwise equal
-  to an uninterrupted run;
+  to an uninterrupted run; with ``SOLVER.CHECKPOINT_WRITE_ERROR retry`` training goes on;
 * SIGTERM / SIGINT during training write a checkpoint of the current iteration, log one line
   naming it and exit 143 / 130; the resumed run is bitwise equal; a second signal exits at once;
 * OUTPUT_DIR mistakes and anchor sizes for the wrong number of levels end with one line, exit 2;
@@ -133,6 +133,19 @@ def test_full_disk_during_checkpoint_keeps_previous_and_resume_is_bitwise(tmp_pa
     _assert_same_training(uninterrupted, out)
 
 
+@pytest.mark.slow
+def test_retry_policy_keeps_training_past_a_failed_checkpoint(tmp_path, data_opts, uninterrupted):
+    out = str(tmp_path / "retry")
+    opts = [*data_opts, "SOLVER.CHECKPOINT_WRITE_ERROR", "retry"]
+    rc, log = _train(out, opts, env={"RESUME_TEST_ENOSPC": "model_0000002.pth"})
+    assert rc == 0, log
+    warned = [line for line in log.splitlines() if "Cannot write checkpoint model_0000002.pth" in line]
+    assert len(warned) == 1 and "training goes on" in warned[0] and "no earlier checkpoint exists" in warned[0], log
+    assert not os.path.exists(os.path.join(out, "model_0000002.pth"))
+    assert os.path.exists(os.path.join(out, "model_0000005.pth")) and _last_checkpoint(out) == "model_final.pth"
+    _assert_same_training(uninterrupted, out)  # a failed save changes nothing in the training
+
+
 # ------------------------------------------------------------------ signals
 @pytest.mark.slow
 def test_sigterm_writes_checkpoint_of_current_iteration_and_resume_is_bitwise(tmp_path, data_opts, uninterrupted):
@@ -169,13 +182,21 @@ def test_sigint_at_a_periodic_checkpoint_saves_once_and_second_signal_exits_at_o
 # ------------------------------------------------------------------ one-line config errors
 @pytest.mark.parametrize(
     ("case", "key"),
-    [("output_dir_is_file", "OUTPUT_DIR"), ("output_dir_under_file", "OUTPUT_DIR"), ("sizes_for_2_levels", "MODEL.ANCHOR_GENERATOR.SIZES")],
+    [
+        ("output_dir_is_file", "OUTPUT_DIR"),
+        ("output_dir_under_file", "OUTPUT_DIR"),
+        ("sizes_for_2_levels", "MODEL.ANCHOR_GENERATOR.SIZES"),
+        ("write_error_policy", "SOLVER.CHECKPOINT_WRITE_ERROR"),
+    ],
 )
 def test_config_mistakes_end_with_one_line_and_exit_2(tmp_path, data_opts, case, key):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
     out = {"output_dir_is_file": str(a_file), "output_dir_under_file": str(a_file / "out")}.get(case, str(tmp_path / "out"))
-    extra = ["MODEL.ANCHOR_GENERATOR.SIZES", "[[32], [64]]"] if case == "sizes_for_2_levels" else []
+    extra = {
+        "sizes_for_2_levels": ["MODEL.ANCHOR_GENERATOR.SIZES", "[[32], [64]]"],
+        "write_error_policy": ["SOLVER.CHECKPOINT_WRITE_ERROR", "sometimes"],
+    }.get(case, [])
     rc, log = _train(out, data_opts + extra)
     assert rc == 2, log
     lines = _error_lines(log)

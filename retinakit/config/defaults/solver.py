@@ -44,6 +44,10 @@ def add_solver_config(_C: CN) -> None:
     _C.SOLVER.CHECKPOINT_PERIOD = 5000
     # Keep only the newest N periodic checkpoints (0 keeps all; model_final/model_best are kept).
     _C.SOLVER.MAX_TO_KEEP = 0
+    # A periodic checkpoint that cannot be written (disk full, I/O error, read-only folder):
+    # "stop" ends the run with one message (the previous checkpoint stays the latest);
+    # "retry" logs the message, keeps training and tries again at the next period.
+    _C.SOLVER.CHECKPOINT_WRITE_ERROR = "stop"
     # Process count the LR/batch/schedule were written for; when > 0 and different from the
     # actual count, everything is scaled linearly (engine.solver.auto_scale_workers). 0 = off.
     _C.SOLVER.REFERENCE_WORLD_SIZE = 0
