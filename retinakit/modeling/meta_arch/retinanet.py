@@ -14,8 +14,9 @@ from ..anchor_generator import build_anchor_generator
 from ..backbone import Backbone, build_backbone
 from ..box_coder import BOX_CODER_REGISTRY, build_box_coder
 from ..heads import build_head
+from ..levels import check_anchor_levels, check_head_in_features
 from ..losses import build_loss
-from ..matcher import MATCHER_REGISTRY, build_matcher
+from ..matcher import MATCHER_REGISTRY, build_matcher, check_matcher_anchor_counts
 from ..postprocess import POSTPROCESSOR_REGISTRY, build_postprocessor
 from ..protocols import BoxCoder, Matcher, MatchInputs, PostProcessor
 from .build import META_ARCH_REGISTRY
@@ -142,15 +143,14 @@ class RetinaNet(nn.Module):
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         in_features = list(cfg.MODEL.RETINANET.IN_FEATURES)
-        missing = [f for f in in_features if f not in shapes]
-        if missing:
-            raise ValueError(
-                f"MODEL.RETINANET.IN_FEATURES names {missing}, which backbone '{cfg.MODEL.BACKBONE.NAME}' "
-                f"does not produce (it has {list(shapes)})."
-            )
+        check_head_in_features(cfg, backbone, in_features)
         feature_shapes = [shapes[f] for f in in_features]
+        check_anchor_levels(cfg, in_features, [int(s.stride or 0) for s in feature_shapes])
         anchor_generator = build_anchor_generator(cfg, feature_shapes)
         box_coder = build_box_coder(cfg)
+        matcher = build_matcher(cfg)
+        strides = [int(s.stride or 0) for s in feature_shapes]
+        check_matcher_anchor_counts(matcher, cfg, strides, list(anchor_generator.num_anchors), backbone.size_divisibility)
         r = cfg.MODEL.RETINANET
         return dict(
             backbone=backbone,
@@ -158,7 +158,7 @@ class RetinaNet(nn.Module):
             head_in_features=in_features,
             anchor_generator=anchor_generator,
             box_coder=box_coder,
-            matcher=build_matcher(cfg),
+            matcher=matcher,
             cls_loss=build_loss(cfg, r.CLS_LOSS_TYPE),
             reg_loss=build_loss(cfg, r.BBOX_REG_LOSS_TYPE),
             postprocessor=build_postprocessor(cfg, box_coder),
