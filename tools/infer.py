@@ -313,6 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ConfigError, DatasetError, BadImageError, CalibrationError, MissingDependencyError, PredictorError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyError as e:  # an unknown registry name (MODEL.BACKBONE.NAME ...), as in tools/deploy.py
+        msg = str(e.args[0]) if e.args else str(e)
+        if "registry" not in msg:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":
