@@ -18,7 +18,14 @@ counts every such buffer alive at the peak, also inside compiled ops ("n/a" with
 The size of the head outputs themselves (allocated by the head, before post-processing) is
 reported beside it.
 
+With ``--train-configs A.yaml B.yaml [...]`` it also times training steps of the real models
+(build_model, the config's optimizer, SimpleTrainer.run_step: forward, losses, backward, SGD
+step) on ``--train-batches`` batches of the config's training set loaded once and kept in
+memory (data loading is not timed), the configs taking turns in windows of ``--train-iters``
+steps, and reports the median seconds per step, the spread and the ratio to the first config.
+
     python tools/benchmark.py levels [--sizes 512x512 800x1333] [--levels p3-p7 p2-p7] [--json out.json]
+        [--train-configs BASE.yaml P2.yaml [--train-iters 3 --train-repeats 3]]
 """
 from __future__ import annotations
 
@@ -54,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-torchvision", action="store_true", help="skip the torchvision peer")
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    parser.add_argument("--train-configs", nargs="*", default=[], help="also time training steps of these configs")
+    parser.add_argument("--train-iters", type=int, default=3, help="steps per timed training window")
+    parser.add_argument("--train-repeats", type=int, default=3, help="timed training windows per config")
+    parser.add_argument("--train-batches", type=int, default=4, help="distinct training batches kept in memory")
     parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the child process of the memory pass
 
 
@@ -199,6 +210,45 @@ def _row(res: dict[str, Any], ref: dict[str, Any], impl: str) -> list[Any]:
             f"{res['head_outputs_mib_per_image']:.0f}"]
 
 
+def _trainer(path: str, n_batches: int):
+    """SimpleTrainer over ``n_batches`` in-memory batches of ``path``'s training set (no hooks)."""
+    import itertools
+
+    from retinakit.config import get_cfg
+    from retinakit.data import build_detection_train_loader
+    from retinakit.engine.solver import build_optimizer
+    from retinakit.engine.train_loop import SimpleTrainer
+    from retinakit.modeling import build_model
+
+    cfg = get_cfg()
+    cfg.merge_from_file(path)
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0"])
+    torch.manual_seed(cfg.SEED)
+    batches = list(itertools.islice(build_detection_train_loader(cfg), n_batches))
+    model = build_model(cfg).train()
+    trainer = SimpleTrainer(model, itertools.cycle(batches), build_optimizer(cfg, model))
+    trainer.iter = 0
+    return trainer, cfg.SOLVER.IMS_PER_BATCH
+
+
+def train_pass(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Seconds per training step of each ``--train-configs`` entry, windows interleaved."""
+    from retinakit.utils.events import EventStorage
+
+    trainers = [_trainer(p, args.train_batches) for p in args.train_configs]
+    times: list[list[float]] = [[] for _ in trainers]
+    with EventStorage(0):
+        for t, _ in trainers:  # warm-up step
+            t.run_step()
+        for _ in range(args.train_repeats):
+            for (t, _), out in zip(trainers, times):
+                t0 = time.perf_counter()
+                for _ in range(args.train_iters):
+                    t.run_step()
+                out.append((time.perf_counter() - t0) / args.train_iters)
+    return [{"config": p, "batch": b, "s_per_step": ts} for p, (_, b), ts in zip(args.train_configs, trainers, times)]
+
+
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 
 
@@ -250,7 +300,13 @@ def main(args: argparse.Namespace) -> int:
           f"ratios against {args.levels[0]} in the same run (interleaved repeats)")
     print(tabulate(rows, headers=["size", "levels", "step", "median ms (min-max)", f"vs {args.levels[0]}", "peak MiB",
                                   "anchors/img", "cand/img", "head out MiB/img"]))
+    train = train_pass(args) if args.train_configs else []
+    if train:
+        base = statistics.median(train[0]["s_per_step"])
+        print(tabulate([[os.path.relpath(r["config"]), r["batch"], _fmt_ms([1e3 * x for x in r["s_per_step"]]),
+                         f"{statistics.median(r['s_per_step']) / base:.2f}x"] for r in train],
+                       headers=["training config", "batch", "ms/step median (min-max)", "vs first"]))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=1)
+            json.dump({"args": vars(args), "results": results, "train": train}, f, indent=1)
     return 0
