@@ -217,15 +217,8 @@ class StopOnSignal(HookBase):
     def after_train(self) -> None:
         self._restore()
 
-    def _agreed_signal(self) -> int:
-        if comm.get_world_size() == 1:
-            return self.received
-        flag = torch.tensor([self.received], dtype=torch.int64)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return int(flag.item())
-
     def after_step(self) -> None:
-        signum = self._agreed_signal()
+        signum = comm.max_over_processes(self.received)  # CPU all-reduce: also under NCCL
         it = self.trainer.iter
         if not signum or it + 1 >= self.trainer.max_iter:  # the last iteration: training ends anyway
             return

@@ -16,6 +16,7 @@ __all__ = [
     "get_rank",
     "get_world_size",
     "is_main_process",
+    "max_over_processes",
     "reduce_dict",
     "shared_random_seed",
     "synchronize",
@@ -82,6 +83,16 @@ def _cpu_group() -> Any:
     if dist.get_backend() == "nccl":
         return dist.new_group(backend="gloo")
     return dist.group.WORLD
+
+
+def max_over_processes(value: int) -> int:
+    """The largest ``value`` over all processes (a CPU all-reduce in the gloo group, also under
+    NCCL; ``value`` itself in a single process). Every process must call it."""
+    if get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_cpu_group())
+    return int(t.item())
 
 
 def all_gather(data: Any) -> list[Any]:

@@ -6,8 +6,9 @@ prints ``PAUSE EVENT ITER`` on stderr at that event and iteration and waits to b
 Without the variable it does nothing, so killed and uninterrupted runs have the same hooks.
 It also logs every event it sees to ``$RESUME_TEST_EVENTS`` (one ``EVENT ITER`` a line) when set.
 
-Faults (issue 20): ``RESUME_TEST_SIGNAL=EVENT:ITER:SIGNAME[:COUNT]`` sends the process SIGNAME
-(e.g. ``SIGTERM``) COUNT times (default 1) at that event, as a pre-emption notice would;
+Faults (issue 20): ``RESUME_TEST_SIGNAL=EVENT:ITER:SIGNAME[:COUNT[:RANK]]`` sends the process SIGNAME
+(e.g. ``SIGTERM``) COUNT times (default 1) at that event, as a pre-emption notice would (on
+rank RANK only when given);
 ``RESUME_TEST_SELF_KILL=EVENT:ITER:RANK`` SIGKILLs rank RANK there, in the first round of a
 torchrun run only (``TORCHELASTIC_RESTART_COUNT`` unset or 0), like an OOM kill of one worker.
 ``RESUME_TEST_ENOSPC=NAME`` makes the write of checkpoint NAME fail like a full disk: ``torch.save``
@@ -99,7 +100,8 @@ _fail_write_like_a_full_disk()
 def _fault(event: str, it: int) -> None:
     """Send the signals that RESUME_TEST_SIGNAL / RESUME_TEST_SELF_KILL ask for at (event, it)."""
     spec = os.environ.get("RESUME_TEST_SIGNAL", "").split(":")
-    if len(spec) >= 3 and spec[:2] == [event, str(it)]:
+    rank_ok = len(spec) < 5 or spec[4] == os.environ.get("RANK", "0")
+    if len(spec) >= 3 and spec[:2] == [event, str(it)] and rank_ok:
         for _ in range(int(spec[3]) if len(spec) > 3 else 1):
             os.kill(os.getpid(), getattr(signal, spec[2]))
     kill = os.environ.get("RESUME_TEST_SELF_KILL", "").split(":")

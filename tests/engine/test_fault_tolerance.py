@@ -216,11 +216,18 @@ def test_read_only_output_dir_is_one_line(tmp_path, data_opts):
 
 
 # ------------------------------------------------------------------ torchrun elastic restart
-@pytest.mark.slow
-def test_torchrun_restart_after_a_killed_rank_resumes_by_itself_bitwise(tmp_path, data_opts):
-    full = str(tmp_path / "full")
+@pytest.fixture(scope="module")
+def torchrun_full(tmp_path_factory, data_opts) -> str:
+    """An uninterrupted 2-process torchrun run."""
+    full = str(tmp_path_factory.mktemp("torchrun_full"))
     rc, log = _train(full, data_opts, torchrun=True)
     assert rc == 0, log
+    return full
+
+
+@pytest.mark.slow
+def test_torchrun_restart_after_a_killed_rank_resumes_by_itself_bitwise(tmp_path, data_opts, torchrun_full):
+    full = torchrun_full
     # A random iteration between checkpoints (2 and 5 are checkpoint iterations) and a random rank.
     it, rank = random.choice([3, 4, 6]), random.choice([0, 1])
     out = str(tmp_path / "killed")
@@ -232,3 +239,15 @@ def test_torchrun_restart_after_a_killed_rank_resumes_by_itself_bitwise(tmp_path
     assert "torchrun restart 1: resuming" in log and f"Resuming from {os.path.join(out, resumed)}" in log, f"{where}\n{log}"
     assert "Connection refused" not in log.split("torchrun restart 1")[-1], log
     _assert_same_training(full, out)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_rank_stops_all_ranks_at_one_iteration(tmp_path, data_opts, torchrun_full):
+    """Only rank 1 gets SIGTERM: both ranks stop after the same iteration with one checkpoint
+    (no rank waits in a collective); torchrun then restarts the group, which resumes from it."""
+    out = str(tmp_path / "term")
+    rc, log = _train(out, data_opts, torchrun=True, env={"RESUME_TEST_SIGNAL": "before_step:4:SIGTERM:1:1"})
+    assert rc == 0, log
+    assert "Stopped by SIGTERM after iteration 4" in log, log
+    assert f"Resuming from {os.path.join(out, 'model_0000004.pth')}" in log, log
+    _assert_same_training(torchrun_full, out)

@@ -115,7 +115,7 @@ def test_default_hook_order_is_documented(tmp_path):
     names = [type(h).__name__ for h in DummyTrainer(cfg).hooks]
     assert names == [
         "IterationTimer", "LRScheduler", "EMAHook", "EvalHook", "BestCheckpointer",
-        "PeriodicWriter", "PeriodicCheckpointer",
+        "PeriodicWriter", "PeriodicCheckpointer", "StopOnSignal",
     ]
 
 
