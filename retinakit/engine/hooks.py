@@ -203,6 +203,7 @@ class StopOnSignal(HookBase):
                        "(send it again to exit at once).")
 
     def before_train(self) -> None:
+        self.received = 0
         if threading.current_thread() is not threading.main_thread():
             logger.info("Training runs outside the main thread: SIGTERM/SIGINT are not handled by the trainer.")
             return
