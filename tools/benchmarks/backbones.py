@@ -18,6 +18,7 @@ ResNet-18 (retinanet_R_18_FPN_1x.yaml). Figures:
   (> 1: faster than ResNet-18) within the same runtime.
 
     python tools/benchmark.py backbones [--size 512 512] [--repeats 15] [--threads 2] [--json out.json]
+        [--fpn-channels 64 --num-convs 2]   # a light head (the shapes quickstart's), where the backbone matters more
 """
 from __future__ import annotations
 
@@ -58,10 +59,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--fpn-channels", type=int, default=0, help="MODEL.FPN.OUT_CHANNELS (0: the config's 256)")
+    p.add_argument("--num-convs", type=int, default=0, help="MODEL.RETINANET.NUM_CONVS (0: the config's 4)")
     p.add_argument("--json", default="", help="also write the results here")
 
 
-def build(name: str, h: int, w: int) -> tuple[Any, torch.nn.Module]:
+def build(name: str, h: int, w: int, extra: list[Any] | None = None) -> tuple[Any, torch.nn.Module]:
     """``(cfg, eval-mode RetinaNet for h x w images, not resized)`` with seeded random weights
     (no file is read or downloaded)."""
     from retinakit.config import get_cfg
@@ -74,7 +77,7 @@ def build(name: str, h: int, w: int) -> tuple[Any, torch.nn.Module]:
     cfg = get_cfg()
     cfg.merge_from_file(path)
     cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", min(h, w),
-                         "INPUT.MAX_SIZE_TEST", max(h, w), *opts])
+                         "INPUT.MAX_SIZE_TEST", max(h, w), *opts, *(extra or [])])
     torch.manual_seed(0)
     return cfg, build_model(cfg).eval()
 
@@ -111,7 +114,7 @@ def _time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: i
     out = {}
     for name, t in ts.items():
         q1, q3 = np.percentile(t, [25, 75])
-        out[name] = {"median_ms": statistics.median(t), "iqr_ms": float(q3 - q1)}
+        out[name] = {"median_ms": statistics.median(t), "iqr_ms": float(q3 - q1), "min_ms": min(t)}
     return out
 
 
@@ -125,9 +128,9 @@ def _image(h: int, w: int) -> torch.Tensor:
     return img.clamp(0, 255).to(torch.uint8)
 
 
-def measure_size(name: str, h: int, w: int) -> dict[str, float]:
+def measure_size(name: str, h: int, w: int, extra: list[Any] | None = None) -> dict[str, float]:
     """Parameters (millions) and GMACs of the bottom-up network and of the whole network."""
-    _, model = build(name, h, w)
+    _, model = build(name, h, w, extra)
     x = torch.zeros(1, 3, h, w)
     images = model.preprocess_image([{"image": torch.zeros(3, h, w, dtype=torch.uint8)}])
     return {
@@ -144,19 +147,25 @@ def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     h, w = args.size
     img = _image(h, w)
-    sizes = {name: measure_size(name, h, w) for name in args.models}
+    extra: list[Any] = []
+    if args.fpn_channels:
+        extra += ["MODEL.FPN.OUT_CHANNELS", args.fpn_channels]
+    if args.num_convs:
+        extra += ["MODEL.RETINANET.NUM_CONVS", args.num_convs]
+    sizes = {name: measure_size(name, h, w, extra) for name in args.models}
     variants: dict[str, Callable[[], Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            cfg, model = build(name, h, w)
+            cfg, model = build(name, h, w, extra)
             variants[f"{name} eager"] = (lambda m: lambda: _eager(m, img))(model)
             path = os.path.join(tmp, f"{name}.onnx")
             export_onnx(model, path, example_size=(1, h, w), metadata=model_metadata(cfg, model))
             variants[f"{name} ONNX Runtime"] = (lambda p: lambda: p([img]))(load_predictor(path, threads=args.threads))
         timing = _time_interleaved(variants, args.warmup, args.repeats)
-    print(f"batch 1, {h}x{w}, {args.threads} threads, median of {args.repeats} interleaved rounds (IQR); x = {PEER} / model")
+    print(f"batch 1, {h}x{w}, {args.threads} threads, median of {args.repeats} interleaved rounds (IQR) [min]; "
+          f"x = {PEER} / model; overrides {extra or 'none'}")
     print(f"{'model':20s} {'bb Mparams':>10s} {'Mparams':>8s} {'bb GMACs':>9s} {'GMACs':>7s} "
-          f"{'eager ms':>16s} {'ORT ms':>16s}")
+          f"{'eager ms':>24s} {'ORT ms':>24s}")
     results: dict[str, Any] = {}
     for name in args.models:
         s, e, o = sizes[name], timing[f"{name} eager"], timing[f"{name} ONNX Runtime"]
@@ -164,12 +173,13 @@ def main(args: argparse.Namespace) -> int:
         if PEER in args.models:
             e["ratio_vs_peer"] = timing[f"{PEER} eager"]["median_ms"] / e["median_ms"]
             o["ratio_vs_peer"] = timing[f"{PEER} ONNX Runtime"]["median_ms"] / o["median_ms"]
-        cell = lambda r: f"{r['median_ms']:6.1f} ({r['iqr_ms']:4.1f}) {r.get('ratio_vs_peer', float('nan')):4.2f}x"  # noqa: E731
+        cell = lambda r: f"{r['median_ms']:6.1f} ({r['iqr_ms']:4.1f}) [{r['min_ms']:6.1f}] {r.get('ratio_vs_peer', float('nan')):4.2f}x"  # noqa: E731
         print(f"{name:20s} {s['backbone_params_m']:10.2f} {s['params_m']:8.2f} {s['backbone_gmacs']:9.2f} {s['gmacs']:7.2f} "
-              f"{cell(e):>16s} {cell(o):>16s}")
+              f"{cell(e):>24s} {cell(o):>24s}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"size": [h, w], "threads": args.threads, "repeats": args.repeats, "results": results}, f, indent=2)
+            summary = {"size": [h, w], "threads": args.threads, "repeats": args.repeats, "overrides": extra}
+            json.dump({**summary, "results": results}, f, indent=2)
     return 0
 
 
