@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import Checkpointer
+from ..checkpoint.checkpointer import atomic_write_bytes
 from ..config import CfgNode, ConfigError
 from ..utils import comm
 from ..utils.env import collect_env_info, seed_all_rng
@@ -143,8 +144,11 @@ def _truncate_metrics(path: str, start_iter: int) -> None:
                 continue  # a torn last line of a killed run
             if row.get("iteration", -1) < start_iter:
                 keep.append(json.dumps(row, sort_keys=True))
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("".join(k + "\n" for k in keep))
+    text = "".join(k + "\n" for k in keep).encode("utf-8")
+    try:  # temp file + rename: a full disk leaves the old file whole, never a truncated one
+        atomic_write_bytes(path, lambda f: f.write(text))
+    except OSError as e:
+        logger.warning(f"Could not rewrite {path} for the resume ({e.strerror or e}); it keeps rows of iterations that are redone.")
 
 
 def fast_forward(loader: Any, n: int) -> Iterator[Any]:
