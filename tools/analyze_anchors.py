@@ -33,7 +33,7 @@ from retinakit.analysis.anchors import (
     anchor_coverage,
     suggest_anchors,
 )
-from retinakit.analysis.anchors.inputs import check_levels_match_anchors
+from retinakit.analysis.anchors.inputs import build_cpu_model
 from retinakit.config import ConfigError, get_cfg
 
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    check_levels_match_anchors(cfg)  # before the dataset is read
+    build_cpu_model(cfg)  # the model's config checks (levels vs anchor sizes, ...) before the dataset is read
     try:
         names, dicts = load_dicts(cfg, args.dataset)
     except KeyError as e:  # an unknown dataset name: the catalog's message lists the registered ones

@@ -15,7 +15,7 @@ from ...data.transforms import resized_shape
 from ...modeling import DefaultAnchorGenerator, build_model
 from ...modeling.meta_arch.preprocess import resized_size
 
-__all__ = ["AnchorSetup", "GroundTruth", "build_cpu_model", "check_levels_match_anchors", "collect_ground_truth"]
+__all__ = ["AnchorSetup", "GroundTruth", "build_cpu_model", "collect_ground_truth"]
 
 
 @dataclass
@@ -97,25 +97,9 @@ def collect_ground_truth(
     return GroundTruth(torch.cat(boxes), torch.cat(padded))
 
 
-def check_levels_match_anchors(cfg: Any) -> None:
-    """A ``ConfigError`` naming the keys when ``MODEL.ANCHOR_GENERATOR.SIZES`` / ``ASPECT_RATIOS``
-    give a number of per-level lists that is neither 1 nor the number of ``MODEL.RETINANET.IN_FEATURES``."""
-    if cfg.MODEL.ANCHOR_GENERATOR.NAME != "DefaultAnchorGenerator":
-        return  # another generator reads these keys its own way
-    levels = list(cfg.MODEL.RETINANET.IN_FEATURES)
-    for key in ("SIZES", "ASPECT_RATIOS"):
-        values = list(cfg.MODEL.ANCHOR_GENERATOR[key])
-        n = len(values) if values and isinstance(values[0], (list, tuple)) else 1
-        if n not in (1, len(levels)):
-            raise ConfigError(
-                f"MODEL.ANCHOR_GENERATOR.{key} has {n} per-level lists but MODEL.RETINANET.IN_FEATURES has "
-                f"{len(levels)} levels {levels}: give one list per level (in the order of IN_FEATURES) or a single list for all."
-            )
-
-
 def build_cpu_model(cfg: Any) -> torch.nn.Module:
-    """``build_model`` of ``cfg`` on the CPU, after :func:`check_levels_match_anchors`."""
-    check_levels_match_anchors(cfg)
+    """``build_model`` of ``cfg`` on the CPU (its config checks, e.g. one anchor size list per level
+    from :func:`retinakit.modeling.levels.check_anchor_levels`, raise ``ConfigError``)."""
     cpu_cfg = cfg.clone()
     cpu_cfg.defrost()
     cpu_cfg.MODEL.DEVICE = "cpu"
