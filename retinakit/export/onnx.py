@@ -31,6 +31,9 @@ META_KEY = "retinakit"
 
 
 def _example_inputs(model: nn.Module, batch: int, height: int, width: int) -> tuple:
+    """Random ``images [B, 3, H, W]`` and ``image_sizes [B, 2]``; ``B >= 2``, because torch.export
+    specialises a dimension of size 1 and the exported batch must stay dynamic."""
+    batch = max(2, int(batch))
     div = max(1, int(getattr(model.backbone, "size_divisibility", 32) or 32))
     h = -(-height // div) * div
     w = -(-width // div) * div
@@ -65,7 +68,8 @@ def export_onnx(
             ``scores [N, D]``, ``classes [N, D]`` int32. ``"heads"``: same inputs; outputs
             ``cls_logits_i [N, A*K, H_i, W_i]`` and ``box_deltas_i [N, A*4, H_i, W_i]`` per level.
         opset: ONNX opset (>= 18).
-        example_size: ``(batch, height, width)`` of the tracing example; all three stay dynamic.
+        example_size: ``(batch, height, width)`` of the tracing example (a batch below 2 is traced
+            as 2); all three stay dynamic.
         metadata: JSON-serialisable dict stored in ``metadata_props["retinakit"]``.
         legacy: use the TorchScript exporter (``mode="heads"`` only).
 
