@@ -122,9 +122,10 @@ def _image(h: int, w: int) -> torch.Tensor:
     """A uint8 ``[3, H, W]`` image: smooth background plus a few bright rectangles."""
     g = torch.Generator().manual_seed(0)
     img = torch.nn.functional.interpolate(torch.rand(1, 3, h // 32, w // 32, generator=g), size=(h, w), mode="bilinear")[0] * 160
+    rh, rw = min(60, h // 4), min(70, w // 4)  # 60 x 70 px from 280 px up
     for _ in range(8):
-        y, x = int(torch.randint(0, h - 80, (1,), generator=g)), int(torch.randint(0, w - 80, (1,), generator=g))
-        img[:, y : y + 60, x : x + 70] = torch.rand(3, 1, 1, generator=g) * 255
+        y, x = int(torch.randint(0, h - rh - 20, (1,), generator=g)), int(torch.randint(0, w - rh - 20, (1,), generator=g))
+        img[:, y : y + rh, x : x + rw] = torch.rand(3, 1, 1, generator=g) * 255
     return img.clamp(0, 255).to(torch.uint8)
 
 
