@@ -7,8 +7,9 @@
     python tools/benchmark.py inference [--config-file CFG]
     python tools/benchmark.py levels [--sizes 512x512 800x1333] [--levels p3-p7 p2-p7]
     python tools/benchmark.py backbones [--size 512 512]
+    python tools/benchmark.py small-objects [--backbones R10 MNV3L] [--seeds 0 1] [--iters 400] [--output DIR]
 
-Each subcommand lives in tools/benchmarks/<name>.py and defines
+Each subcommand lives in tools/benchmarks/<name>.py (``-`` in the name is ``_`` in the file) and defines
 ``add_arguments(parser)`` and ``main(args)``. Results go to docs/benchmarks.md by hand,
 with the command, the machine and the date.
 """
@@ -17,7 +18,7 @@ import importlib
 import os
 import sys
 
-SUBCOMMANDS = ("postprocess", "data", "train", "inference", "backbones", "levels")
+SUBCOMMANDS = ("postprocess", "data", "train", "inference", "backbones", "levels", "small-objects")
 
 
 def main(argv=None) -> int:
@@ -27,9 +28,9 @@ def main(argv=None) -> int:
     modules = {}
     for name in SUBCOMMANDS:
         try:
-            modules[name] = importlib.import_module(f"benchmarks.{name}")
+            modules[name] = importlib.import_module(f"benchmarks.{name.replace('-', '_')}")
         except ModuleNotFoundError as e:
-            if e.name != f"benchmarks.{name}":
+            if e.name != f"benchmarks.{name.replace('-', '_')}":
                 raise
             continue
         p = sub.add_parser(name, help=(modules[name].__doc__ or "").strip().splitlines()[0])
