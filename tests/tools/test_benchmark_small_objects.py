@@ -129,6 +129,9 @@ def test_variant_configs_differ_as_intended(tmp_path):
         assert cfg.DATASETS.TRAIN == ("shapes_small_train",) and cfg.DATASETS.TEST == ("shapes_small_val",)
     assert (base.INPUT.MIN_SIZE_TRAIN, large.INPUT.MIN_SIZE_TRAIN, large.INPUT.MAX_SIZE_TEST) == ((128,), (192,), 192)
     assert base.MODEL.ANCHOR_GENERATOR.SIZES == large.MODEL.ANCHOR_GENERATOR.SIZES
+    light = so.variant_config("R10", "p2_light_head", 1, args)
+    assert (p2.MODEL.RETINANET.NUM_CONVS, light.MODEL.RETINANET.NUM_CONVS) == (2, 1)
+    assert light.MODEL.RETINANET.IN_FEATURES == p2.MODEL.RETINANET.IN_FEATURES
     for key in ("RETINANET.IN_FEATURES", "FPN.IN_FEATURES", "RESNET10.OUT_FEATURES", "ANCHOR_GENERATOR.SIZES"):
         node_p2, node_preset = p2.MODEL, preset.MODEL
         for part in key.split("."):

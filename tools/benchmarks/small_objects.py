@@ -11,6 +11,7 @@ inference (median and inter-quartile range over ``--latency-repeats`` calls). Va
 * ``p2``          P2-P7 with the anchors of configs/small_objects/retinanet_R10_FPN_P2_shapes_small.yaml;
 * ``p2_atss``     ``p2`` with MODEL.RETINANET.MATCHER_NAME "ATSSMatcher";
 * ``p2_drop``     ``p2`` with the levels recommended by ``advise_levels`` (top levels no box needs dropped);
+* ``p2_light_head`` ``p2`` with half the head's convolutions per branch (MODEL.RETINANET.NUM_CONVS, at least 1);
 * ``large_input`` ``base`` at 1.5 x ``--size`` (a larger input instead of P2).
 
 Every run writes OUTPUT/runs/<backbone>-<variant>-s<seed>/result.json and is skipped when that
@@ -19,7 +20,7 @@ The summary (mean and sample standard deviation over seeds) is printed as markdo
 written to OUTPUT/small_objects.json.
 
     python tools/benchmark.py small-objects --output output/bench_small_objects \\
-        [--backbones R10 MNV3L] [--variants base suggested p2 p2_atss p2_drop large_input] \\
+        [--backbones R10 MNV3L] [--variants base suggested p2 p2_atss p2_drop p2_light_head large_input] \\
         [--seeds 0 1] [--iters 400] [--batch 8] [--size 256] [--device cpu]
 """
 from __future__ import annotations
@@ -49,7 +50,7 @@ BACKBONES: dict[str, tuple[str, str]] = {
     "R10": (R10_BASE, "MODEL.RESNET10.OUT_FEATURES"),
     "MNV3L": (MNV3_BASE, "MODEL.MOBILENETV3.OUT_FEATURES"),
 }
-VARIANTS = ("base", "suggested", "p2", "p2_atss", "p2_drop", "large_input")
+VARIANTS = ("base", "suggested", "p2", "p2_atss", "p2_drop", "p2_light_head", "large_input")
 _ANCHOR_KEYS = ("SIZES", "OCTAVE_SCALES", "ASPECT_RATIOS")
 _P2_FEATURES = ["res2", "res3", "res4", "res5"]
 
@@ -181,6 +182,8 @@ def variant_config(backbone: str, variant: str, seed: int, args: argparse.Namesp
             cfg.MODEL.RETINANET.MATCHER_NAME = "ATSSMatcher"
         elif variant == "p2_drop":
             cfg = _merge(cfg, _dropped(cfg, args, backbone))
+        elif variant == "p2_light_head":
+            cfg.MODEL.RETINANET.NUM_CONVS = max(1, cfg.MODEL.RETINANET.NUM_CONVS // 2)
     cfg.OUTPUT_DIR = os.path.join(args.output, "runs", run_name(backbone, variant, seed))
     return cfg
 
