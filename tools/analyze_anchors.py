@@ -35,6 +35,7 @@ from retinakit.analysis.anchors import (
 )
 from retinakit.analysis.anchors.inputs import build_cpu_model
 from retinakit.config import ConfigError, get_cfg
+from retinakit.utils.errors import EXIT_USER_ERROR, user_error_message
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -198,19 +199,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(argv: list[str] | None = None) -> int:
     """``main`` with user errors (config, data, registry names) turned into one message and exit code 2."""
-    from retinakit.data import DatasetError
-
     try:
         return main(argv)
-    except (ConfigError, DatasetError, FileNotFoundError, ValueError) as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 2
-    except KeyError as e:
-        if "registry" not in str(e):
+    except Exception as e:  # user errors (retinakit.utils.errors.UserInputError): one line, exit 2
+        msg = user_error_message(e)
+        if msg is None:
             raise
-        print(f"ERROR: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
-
+        print(f"ERROR: {msg}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 if __name__ == "__main__":
     sys.exit(run())

@@ -30,10 +30,11 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from retinakit.utils.errors import EXIT_USER_ERROR, UserInputError, user_error_message
+
 logger = logging.getLogger("retinakit.deploy")
 
 EXIT_FAILED_CHECK = 1
-EXIT_USER_ERROR = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-class UserError(Exception):
+class UserError(UserInputError):
     """Bad arguments or inputs: printed as one message, exit code 2."""
 
 
@@ -230,30 +231,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def user_error_types() -> tuple:
-    from retinakit.config import ConfigError
-    from retinakit.data.errors import DatasetError
-    from retinakit.export import (
-        CacheError,
-        CalibrationError,
-        MissingDependencyError,
-        PredictorError,
-    )
-
-    return (UserError, ConfigError, DatasetError, CacheError, CalibrationError, MissingDependencyError, PredictorError)
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(name)s %(levelname)s: %(message)s")
     logging.getLogger("retinakit").setLevel(logging.INFO)
     args = parse_args(argv)
     try:
         return run(args)
-    except user_error_types() as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyError as e:  # unknown config keys / registry names
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+    except Exception as e:  # user errors (retinakit.utils.errors.UserInputError): one line, exit 2
+        msg = user_error_message(e)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

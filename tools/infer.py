@@ -30,7 +30,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-EXIT_USER_ERROR = 2
+from retinakit.utils.errors import EXIT_USER_ERROR, UserInputError, user_error_message
+
 VIDEO_CODECS = ("libx264", "mpeg4")  # first one this FFmpeg build has is used
 DEFAULT_FPS = Fraction(25)  # when the input video does not state its frame rate
 logger = logging.getLogger("retinakit.infer")
@@ -55,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-class UserError(Exception):
+class UserError(UserInputError):
     """Bad arguments or inputs: one message, exit code 2."""
 
 
@@ -300,26 +301,14 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     args = parse_args(argv)
-    from retinakit.config import ConfigError
-    from retinakit.data.errors import BadImageError, DatasetError
-    from retinakit.export import (
-        CalibrationError,
-        MissingDependencyError,
-        PredictorError,
-    )
-
     try:
         return run(args)
-    except (UserError, ConfigError, DatasetError, BadImageError, CalibrationError, MissingDependencyError, PredictorError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyError as e:  # an unknown registry name (MODEL.BACKBONE.NAME ...), as in tools/deploy.py
-        msg = str(e.args[0]) if e.args else str(e)
-        if "registry" not in msg:
+    except Exception as e:  # user errors (retinakit.utils.errors.UserInputError): one line, exit 2
+        msg = user_error_message(e)
+        if msg is None:
             raise
         print(f"error: {msg}", file=sys.stderr)
         return EXIT_USER_ERROR
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -47,20 +47,9 @@ EXIT_NON_FINITE = 3
 
 def user_error_message(e: BaseException) -> str | None:
     """The message of an error the user must fix (config, data, weights file), else None."""
-    try:
-        from retinakit.data import DatasetError
-    except ImportError:  # the data layer failed to import: not a user error
-        DatasetError = ()  # type: ignore[assignment]
-    from retinakit.checkpoint import CheckpointMismatchError, CheckpointWriteError
-    from retinakit.checkpoint.weights_file import MissingSafetensorsError
+    from retinakit.utils.errors import user_error_message as message
 
-    if isinstance(e, (ConfigError, DatasetError, CheckpointMismatchError, MissingSafetensorsError, CheckpointWriteError)):
-        return str(e)
-    if isinstance(e, KeyError) and ("registry" in str(e) or "not registered" in str(e)):
-        return str(e.args[0]) if e.args else str(e)
-    if isinstance(e, FileNotFoundError):
-        return f"File not found: {e.filename or e}"
-    return None
+    return message(e)
 
 
 def setup(args: Any) -> Any:

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..config.config import CfgNode
 from ..utils import comm
+from ..utils.errors import UserInputError
 
 __all__ = ["CheckpointWriteError", "Checkpointer", "atomic_torch_save", "get_rng_state", "load_checkpoint_file", "set_rng_state"]
 
@@ -37,7 +38,7 @@ LAST_CHECKPOINT = "last_checkpoint"
 _ITER_RE = re.compile(r"model_(\d+)\.pth$")
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(OSError, UserInputError):
     """A checkpoint could not be written (disk full, I/O error, read-only folder).
 
     The message is one line naming the folder, the free space and what the checkpoint needs;

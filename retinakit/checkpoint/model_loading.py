@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..config.config import CfgNode
+from ..utils.errors import UserInputError
 from .converters import check_config, convert, detect_source
 
 __all__ = ["CheckpointMismatchError", "LoadReport", "extract_state_dict", "load_model_weights"]
@@ -30,7 +31,7 @@ __all__ = ["CheckpointMismatchError", "LoadReport", "extract_state_dict", "load_
 logger = logging.getLogger(__name__)
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(ValueError, UserInputError):
     """The checkpoint does not fit the model (another architecture or backbone depth)."""
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..utils.errors import UserInputError
 from .checkpointer import atomic_torch_save, atomic_write_bytes
 
 __all__ = [
@@ -34,7 +35,7 @@ SAFETENSORS_SUFFIX = ".safetensors"
 _INFO_KEY = "retinakit"
 
 
-class MissingSafetensorsError(ImportError):
+class MissingSafetensorsError(ImportError, UserInputError):
     """The ``safetensors`` package is needed for a ``.safetensors`` file but is not installed."""
 
 

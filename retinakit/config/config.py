@@ -10,6 +10,8 @@ from typing import Any, Callable
 import yaml
 from fvcore.common.config import CfgNode as _FvCfgNode
 
+from ..utils.errors import UserInputError
+
 __all__ = ["CfgNode", "ConfigError", "get_cfg", "register_config_extension"]
 
 logger = logging.getLogger(__name__)
@@ -20,7 +22,7 @@ logger = logging.getLogger(__name__)
 _CONFIG_EXTENSIONS: list[Callable[[CfgNode], None]] = []
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, UserInputError):
     """A config file or override is invalid. The message names the key and the source."""
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from ..config import ConfigError
 from .catalog import DatasetCatalog, MetadataCatalog
 from .coco import register_coco_instances
 from .errors import DatasetError, check_policy
@@ -215,14 +216,14 @@ class _MapStream(IterableDataset):
 def _per_rank_batch(total: int) -> int:
     world = world_info()[1]
     if total <= 0 or total % world:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH ({total}) must be a positive multiple of the number of processes ({world}).")
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH ({total}) must be a positive multiple of the number of processes ({world}).")
     return total // world
 
 
 def _backend(cfg: Any) -> str:
     backend = cfg.DATALOADER.BACKEND
     if backend not in ("torch", "dali"):
-        raise ValueError(f"DATALOADER.BACKEND must be 'torch' or 'dali', got {backend!r}.")
+        raise ConfigError(f"DATALOADER.BACKEND must be 'torch' or 'dali', got {backend!r}.")
     return backend
 
 

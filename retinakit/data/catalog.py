@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..utils.errors import RegistryKeyError
+
 __all__ = ["DatasetCatalog", "Metadata", "MetadataCatalog"]
 
 
@@ -31,19 +33,19 @@ class _DatasetCatalog:
         if not callable(func):
             raise TypeError(f"DatasetCatalog.register('{name}', func): func must be callable, got {type(func).__name__}.")
         if name in self._funcs and not override:
-            raise KeyError(f"Dataset '{name}' is already registered. Use another name or DatasetCatalog.remove('{name}') first.")
+            raise RegistryKeyError(f"Dataset '{name}' is already registered. Use another name or DatasetCatalog.remove('{name}') first.")
         self._funcs[name] = func
 
     def get(self, name: str) -> builtins.list[dict]:
         """Call the function registered as ``name`` and return its dataset dicts."""
         if name not in self._funcs:
-            raise KeyError(_unknown("DatasetCatalog", name, list(self._funcs)))
+            raise RegistryKeyError(_unknown("DatasetCatalog", name, list(self._funcs)))
         return self._funcs[name]()
 
     def get_function(self, name: str) -> Callable[..., builtins.list[dict]]:
         """The function registered as ``name`` (not called)."""
         if name not in self._funcs:
-            raise KeyError(_unknown("DatasetCatalog", name, list(self._funcs)))
+            raise RegistryKeyError(_unknown("DatasetCatalog", name, list(self._funcs)))
         return self._funcs[name]
 
     def list(self) -> builtins.list[str]:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import ConfigError
 from .errors import BadImageError, DatasetError, check_policy
 from .image_check import image_problem, report_bad_images
 from .image_io import read_image, size_mismatch
@@ -85,7 +86,7 @@ def _dali():
 def _resolve_device(device: str) -> int | None:
     """CUDA device id for DALI's GPU operators, or None for CPU only."""
     if device not in ("auto", "cpu", "gpu"):
-        raise ValueError(f"DATALOADER.DALI.DEVICE must be 'auto', 'cpu' or 'gpu', got {device!r}.")
+        raise ConfigError(f"DATALOADER.DALI.DEVICE must be 'auto', 'cpu' or 'gpu', got {device!r}.")
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         return None
     if not torch.cuda.is_available():
@@ -326,7 +327,7 @@ def _test_transform(preprocess: InferencePreprocessor | DetectionTransform) -> D
     """The transform of ``preprocess``, checked to be deterministic (one size, no flip, no jitter)."""
     t = preprocess if isinstance(preprocess, DetectionTransform) else preprocess.transform
     if len(t.min_sizes) != 1 or t.sampling != "choice" or t.flip != "none" or t.color is not None:
-        raise ValueError(
+        raise ConfigError(
             "DaliInferenceLoader needs a deterministic test-time transform (one size, no flip, no colour jitter); "
             f"got sizes {t.min_sizes} ({t.sampling}), flip {t.flip!r}, colour jitter {t.color is not None}."
         )

@@ -4,6 +4,9 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
+from ..config.config import ConfigError
+from ..utils.errors import UserInputError
+
 __all__ = ["BadImageError", "DatasetError", "ProblemLog", "check_policy"]
 
 logger = logging.getLogger(__name__)
@@ -11,7 +14,7 @@ logger = logging.getLogger(__name__)
 POLICIES = ("error", "skip")
 
 
-class DatasetError(ValueError):
+class DatasetError(ValueError, UserInputError):
     """A dataset file (COCO JSON) or one of its entries is invalid.
 
     The message names the file, the image id / annotation id, what is wrong and what to do.
@@ -33,7 +36,7 @@ class BadImageError(DatasetError):
 def check_policy(value: str, key: str) -> str:
     """Validate an ``ON_BAD_*`` policy value; ``key`` is the config key named in the error."""
     if value not in POLICIES:
-        raise ValueError(f"{key} must be one of {POLICIES}, got {value!r}.")
+        raise ConfigError(f"{key} must be one of {POLICIES}, got {value!r}.")
     return value
 
 

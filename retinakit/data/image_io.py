@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..config import ConfigError
 from .errors import BadImageError
 
 __all__ = [
@@ -121,7 +122,7 @@ def read_image(file_name: str, format: str = "RGB", context: str = "") -> np.nda
     :class:`BadImageError` naming the file and ``context`` (e.g. "image id 7 of train.json").
     """
     if format not in ("RGB", "BGR"):
-        raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {format!r}.")
+        raise ConfigError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {format!r}.")
     img = _open(file_name, context)
     try:
         with img:

@@ -18,7 +18,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ..config import configurable
+from ..config import ConfigError, configurable
 from .image_io import read_image, to_rgb_array
 
 __all__ = [
@@ -75,11 +75,11 @@ class DetectionTransform:
         resize: bool = True,
     ) -> None:
         if sampling not in ("choice", "range"):
-            raise ValueError(f"INPUT.MIN_SIZE_TRAIN_SAMPLING must be 'choice' or 'range', got {sampling!r}.")
+            raise ConfigError(f"INPUT.MIN_SIZE_TRAIN_SAMPLING must be 'choice' or 'range', got {sampling!r}.")
         if sampling == "range" and len(min_sizes) != 2:
-            raise ValueError(f"INPUT.MIN_SIZE_TRAIN_SAMPLING 'range' needs two sizes (low, high), got {list(min_sizes)}.")
+            raise ConfigError(f"INPUT.MIN_SIZE_TRAIN_SAMPLING 'range' needs two sizes (low, high), got {list(min_sizes)}.")
         if flip not in ("horizontal", "vertical", "none"):
-            raise ValueError(f"INPUT.RANDOM_FLIP must be 'horizontal', 'vertical' or 'none', got {flip!r}.")
+            raise ConfigError(f"INPUT.RANDOM_FLIP must be 'horizontal', 'vertical' or 'none', got {flip!r}.")
         self.min_sizes = [int(s) for s in min_sizes]
         self.max_size, self.sampling, self.flip, self.flip_prob = int(max_size), sampling, flip, float(flip_prob)
         self.color = v2.ColorJitter(**photometric) if photometric else None

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import ConfigError
+
 __all__ = ["WarmupLRScheduler", "auto_scale_workers", "build_lr_scheduler", "build_optimizer"]
 
 logger = logging.getLogger(__name__)
@@ -50,7 +52,6 @@ def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
         )
     if name == "ADAMW":
         return torch.optim.AdamW(groups, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS))
-    from ..config import ConfigError
 
     raise ConfigError(f"SOLVER.OPTIMIZER must be 'SGD' or 'AdamW', got {cfg.SOLVER.OPTIMIZER!r}.")
 
@@ -80,9 +81,9 @@ class WarmupLRScheduler:
         if name not in ("WarmupMultiStepLR", "WarmupCosineLR"):
             raise ValueError(f"Unknown LR scheduler {name!r}; use WarmupMultiStepLR or WarmupCosineLR.")
         if warmup_method not in ("linear", "constant"):
-            raise ValueError(f"SOLVER.WARMUP_METHOD must be 'linear' or 'constant', got {warmup_method!r}")
+            raise ConfigError(f"SOLVER.WARMUP_METHOD must be 'linear' or 'constant', got {warmup_method!r}")
         if list(steps) != sorted(steps):
-            raise ValueError(f"SOLVER.STEPS must be increasing, got {list(steps)}")
+            raise ConfigError(f"SOLVER.STEPS must be increasing, got {list(steps)}")
         self.optimizer = optimizer
         self.name, self.max_iter, self.steps, self.gamma = name, max_iter, list(steps), gamma
         self.warmup_iters, self.warmup_factor, self.warmup_method = warmup_iters, warmup_factor, warmup_method
@@ -161,7 +162,6 @@ def auto_scale_workers(cfg: Any, num_workers: int) -> Any:
     k = num_workers / ref
     bs = round(cfg.SOLVER.IMS_PER_BATCH * k)
     if abs(bs - cfg.SOLVER.IMS_PER_BATCH * k) > 1e-6:
-        from ..config import ConfigError
 
         raise ConfigError(
             f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} cannot be scaled from REFERENCE_WORLD_SIZE "

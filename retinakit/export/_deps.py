@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from ..utils.errors import UserInputError
+
 __all__ = ["MissingDependencyError", "require"]
 
 _EXTRA_OF = {
@@ -19,7 +21,7 @@ _EXTRA_OF = {
 }
 
 
-class MissingDependencyError(ImportError):
+class MissingDependencyError(ImportError, UserInputError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import struct
 
+from ..utils.errors import UserInputError
+
 __all__ = ["CacheError", "read_cache", "scales_from_qdq_model", "write_cache"]
 
 HEADER = "TRT-10000-EntropyCalibration2"
 
 
-class CacheError(ValueError):
+class CacheError(ValueError, UserInputError):
     """The calibration cache file is missing, malformed or does not fit the model."""
 
 

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..utils.errors import UserInputError
+
 __all__ = ["IMAGE_EXTENSIONS", "CalibrationError", "calibration_arrays", "list_images", "pad_batch"]
 
 logger = logging.getLogger(__name__)
@@ -20,7 +22,7 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-class CalibrationError(ValueError):
+class CalibrationError(ValueError, UserInputError):
     """Calibration cannot run (no images, unreadable image, ...)."""
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..config import ConfigError
 from ..modeling.protocols import ExportablePostProcessor
 
 __all__ = ["E2E_OUTPUTS", "EndToEndModule", "HeadsOnlyModule"]
@@ -27,7 +28,7 @@ class _Exported(nn.Module):
         super().__init__()
         for name in ("preprocessor", "forward_features"):
             if not hasattr(model, name):
-                raise ValueError(f"ONNX export needs a RetinaNet-like model with '{name}'; {type(model).__name__} has none.")
+                raise ConfigError(f"ONNX export needs a RetinaNet-like model with '{name}'; {type(model).__name__} has none.")
         self.model = model
 
     def outputs(self, images: Tensor, image_sizes: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
@@ -57,7 +58,7 @@ class EndToEndModule(_Exported):
         super().__init__(model)
         pp = model.postprocessor
         if not isinstance(pp, ExportablePostProcessor):
-            raise ValueError(
+            raise ConfigError(
                 f"End-to-end ONNX export traces the post-processor's forward_static(), which {type(pp).__name__} "
                 "(MODEL.POSTPROCESSOR.NAME) lacks: add check_exportable() and forward_static() "
                 "(retinakit.modeling.protocols.ExportablePostProcessor, docs/custom_components.md) or export with "

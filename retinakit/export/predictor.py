@@ -19,6 +19,7 @@ import torch
 
 from ..config import CfgNode
 from ..structures import Boxes, Instances
+from ..utils.errors import UserInputError
 from ._deps import require
 from .calibration import pad_batch
 
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 Detections = tuple[Any, Any, Any]
 
 
-class PredictorError(ValueError):
+class PredictorError(ValueError, UserInputError):
     """The model file cannot be used (missing, unknown type, weights that do not fit the config)."""
 
 

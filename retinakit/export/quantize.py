@@ -26,6 +26,7 @@ import tempfile
 
 import numpy as np
 
+from ..config import ConfigError
 from ._deps import MissingDependencyError, require
 from .calib_cache import CacheError, read_cache, scales_from_qdq_model, write_cache
 from .onnx import MAX_IR_VERSION, read_metadata, write_metadata
@@ -116,7 +117,7 @@ def quantize_int8(
     """
     onnx = require("onnx")
     if method not in CALIBRATION_METHODS:
-        raise ValueError(f"Calibration method must be one of {CALIBRATION_METHODS}, got {method!r}.")
+        raise ConfigError(f"EXPORT.INT8.CALIBRATION_METHOD (--calibration-method) must be one of {CALIBRATION_METHODS}, got {method!r}.")
     proto = onnx.load(onnx_path, load_external_data=False)
     _, outside = trunk_node_names(proto)
     job = {"task": "int8", "input": os.path.abspath(onnx_path), "output": os.path.abspath(output_path),

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..utils.errors import UserInputError
 from ._deps import MissingDependencyError, require
 
 __all__ = [
@@ -60,7 +61,7 @@ class EngineBuildError(RuntimeError):
     """TensorRT could not parse the ONNX model or build the engine (message lists its errors)."""
 
 
-class TensorRTLimitError(EngineBuildError, ValueError):
+class TensorRTLimitError(EngineBuildError, ValueError, UserInputError):
     """The exported graph exceeds a hard TensorRT layer limit (message names the config key to change)."""
 
 

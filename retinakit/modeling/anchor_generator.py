@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..config import CfgNode, configurable
+from ..config import CfgNode, ConfigError, configurable
 from ..utils.registry import Registry
 from .backbone import ShapeSpec
 
@@ -94,7 +94,7 @@ class DefaultAnchorGenerator(nn.Module):
         """
         super().__init__()
         if not 0.0 <= offset < 1.0:
-            raise ValueError(f"MODEL.ANCHOR_GENERATOR.OFFSET must be in [0, 1), got {offset}.")
+            raise ConfigError(f"MODEL.ANCHOR_GENERATOR.OFFSET must be in [0, 1), got {offset}.")
         self.strides = [int(s) for s in strides]
         n = len(self.strides)
         self.sizes = _broadcast(sizes, n, "MODEL.ANCHOR_GENERATOR.SIZES")

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..config import CfgNode, configurable
+from ..config import CfgNode, ConfigError, configurable
 from ..utils.registry import Registry
 from .protocols import BoxCoder
 
@@ -49,7 +49,7 @@ class _DeltaCoderBase:
                 :meth:`decode`, so that no decoded box grows by more than ``exp(scale_clamp)``.
         """
         if len(weights) != 4:
-            raise ValueError(f"MODEL.RETINANET.BBOX_REG_WEIGHTS needs 4 values, got {list(weights)}.")
+            raise ConfigError(f"MODEL.RETINANET.BBOX_REG_WEIGHTS needs 4 values, got {list(weights)}.")
         self.weights: tuple[float, float, float, float] = tuple(float(w) for w in weights)  # type: ignore[assignment]
         self.scale_clamp = float(scale_clamp)
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..config import CfgNode, configurable
+from ..config import CfgNode, ConfigError, configurable
 from ..utils.registry import Registry
 from .backbone import ShapeSpec
 from .backbone.norm import get_norm
@@ -70,7 +70,7 @@ class RetinaNetHead(nn.Module):
         """
         super().__init__()
         if num_classes < 1:
-            raise ValueError(f"MODEL.RETINANET.NUM_CLASSES must be >= 1, got {num_classes}.")
+            raise ConfigError(f"MODEL.RETINANET.NUM_CLASSES must be >= 1, got {num_classes}.")
         self.num_classes = num_classes
         self.num_anchors = num_anchors
         self.cls_subnet = nn.Sequential(*[ConvNormAct(in_channels, norm) for _ in range(num_convs)])

@@ -57,11 +57,14 @@ class IoUMatcher:
                 quality equals that box's best (positive) quality.
         """
         if len(labels) != len(thresholds) + 1:
-            raise ValueError(f"IOU_LABELS needs one more entry than IOU_THRESHOLDS: got {list(labels)} and {list(thresholds)}.")
+            raise ConfigError(
+                "MODEL.RETINANET.IOU_LABELS needs one more entry than MODEL.RETINANET.IOU_THRESHOLDS: "
+                f"got {list(labels)} and {list(thresholds)}."
+            )
         if list(thresholds) != sorted(thresholds):
-            raise ValueError(f"IOU_THRESHOLDS must be increasing, got {list(thresholds)}.")
+            raise ConfigError(f"MODEL.RETINANET.IOU_THRESHOLDS must be increasing, got {list(thresholds)}.")
         if any(lbl not in (-1, 0, 1) for lbl in labels):
-            raise ValueError(f"IOU_LABELS entries must be -1, 0 or 1, got {list(labels)}.")
+            raise ConfigError(f"MODEL.RETINANET.IOU_LABELS entries must be -1, 0 or 1, got {list(labels)}.")
         self.thresholds: list[float] = [float("-inf"), *map(float, thresholds), float("inf")]
         self.labels = list(labels)
         self.allow_low_quality_matches = allow_low_quality_matches

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import CfgNode
+from ..config import CfgNode, ConfigError
 from ..config.configurable import configurable
 from ..structures import Boxes, Instances
 from ..utils.registry import Registry
@@ -87,13 +87,13 @@ def _check_exportable_decode(box_coder: Any) -> None:
     try:
         boxes = box_coder.decode(torch.zeros(1, 2, 4), anchors)
     except Exception as e:  # any failure means the same to the user
-        raise ValueError(
+        raise ConfigError(
             f"End-to-end export decodes [N, k, 4] tensors with the box coder's decode(); {name}.decode failed on them "
             f"({type(e).__name__}: {e}). Make it accept [..., 4] inputs (docs/custom_components.md) or export with mode='heads'."
         ) from e
     if not isinstance(boxes, Tensor) or tuple(boxes.shape) != (1, 2, 4):
         got = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
-        raise ValueError(
+        raise ConfigError(
             f"End-to-end export needs {name}.decode(deltas [N, k, 4], anchors [N, k, 4]) -> boxes [N, k, 4]; it returned {got}. "
             "Make it accept [..., 4] inputs (docs/custom_components.md) or export with mode='heads'."
         )
@@ -152,9 +152,9 @@ class RetinaNetPostProcessor(nn.Module):
         """
         super().__init__()
         if nms_type not in _NMS_TYPES:
-            raise ValueError(f"MODEL.POSTPROCESSOR.NMS_TYPE must be one of {_NMS_TYPES}, got {nms_type!r}.")
+            raise ConfigError(f"MODEL.POSTPROCESSOR.NMS_TYPE must be one of {_NMS_TYPES}, got {nms_type!r}.")
         if soft_nms_method not in ("linear", "gaussian"):
-            raise ValueError(f"MODEL.POSTPROCESSOR.SOFT_NMS_METHOD must be 'linear' or 'gaussian', got {soft_nms_method!r}.")
+            raise ConfigError(f"MODEL.POSTPROCESSOR.SOFT_NMS_METHOD must be 'linear' or 'gaussian', got {soft_nms_method!r}.")
         self.box_coder = box_coder
         self.score_thresh = float(score_thresh)
         self.topk_candidates = int(topk_candidates)
@@ -238,13 +238,13 @@ class RetinaNetPostProcessor(nn.Module):
         """Raise ``ValueError`` naming what :meth:`forward_static` cannot reproduce for this instance."""
         cls = type(self)
         if cls.forward is not RetinaNetPostProcessor.forward and cls.forward_static is RetinaNetPostProcessor.forward_static:
-            raise ValueError(
+            raise ConfigError(
                 f"{cls.__name__} (MODEL.POSTPROCESSOR.NAME) overrides forward() but not forward_static(), so an exported "
                 "graph would not do what it does: implement forward_static() (docs/custom_components.md) or export "
                 "with mode='heads' (tools/deploy.py --mode heads) and post-process the raw outputs."
             )
         if self.nms_type == "soft":
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.POSTPROCESSOR.NMS_TYPE 'soft' cannot be exported end to end (soft-NMS has no standard ONNX op): "
                 "export with mode='heads' (tools/deploy.py --mode heads) or use NMS_TYPE 'batched' / 'agnostic'."
             )

@@ -14,6 +14,8 @@ import inspect
 from collections.abc import Iterator
 from typing import Any, Callable, TypeVar
 
+from .errors import RegistryKeyError
+
 T = TypeVar("T")
 
 __all__ = ["Registry", "protocol_methods"]
@@ -62,7 +64,7 @@ class Registry:
 
     def _do_register(self, name: str, obj: Any, override: bool) -> None:
         if name in self._obj_map and self._obj_map[name] is not obj and not override:
-            raise KeyError(
+            raise RegistryKeyError(
                 f"An object named '{name}' is already registered in the {self._name} registry "
                 f"({self._obj_map[name]!r}). Choose another name, or pass override=True."
             )
@@ -88,7 +90,7 @@ class Registry:
             known = sorted(self._obj_map)
             close = difflib.get_close_matches(name, known, n=3)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise KeyError(
+            raise RegistryKeyError(
                 f"No object named '{name}' in the {self._name} registry.{hint} "
                 f"Registered names: {', '.join(known) or '(none)'}. "
                 "If it comes from your own package, list that package in CUSTOM_IMPORTS."

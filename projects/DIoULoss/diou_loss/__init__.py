@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from retinakit.config import CfgNode, configurable, register_config_extension
+from retinakit.config import CfgNode, ConfigError, configurable, register_config_extension
 from retinakit.modeling import LOSS_REGISTRY
 
 __all__ = ["DIoULoss", "add_diou_loss_config", "diou_loss"]
@@ -58,7 +58,7 @@ class DIoULoss(nn.Module):
     def __init__(self, *, weight: float = 1.0, eps: float = 1e-7) -> None:
         super().__init__()
         if weight <= 0:
-            raise ValueError(f"MODEL.DIOU_LOSS.WEIGHT must be > 0, got {weight}.")
+            raise ConfigError(f"MODEL.DIOU_LOSS.WEIGHT must be > 0, got {weight}.")
         self.weight, self.eps = float(weight), float(eps)
 
     @classmethod

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from retinakit.config import CfgNode, configurable, register_config_extension
+from retinakit.config import CfgNode, ConfigError, configurable, register_config_extension
 from retinakit.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from retinakit.modeling.backbone.norm import freeze_batchnorm, get_norm
 from retinakit.modeling.backbone.resnet import BasicBlock
@@ -80,7 +80,7 @@ class ResNet10(Backbone):
             )
         unknown = [f for f in out_features if f not in _STAGES]
         if unknown or not out_features:
-            raise ValueError(f"MODEL.RESNET10.OUT_FEATURES must be a non-empty subset of {list(_STAGES)}, got {list(out_features)}.")
+            raise ConfigError(f"MODEL.RESNET10.OUT_FEATURES must be a non-empty subset of {list(_STAGES)}, got {list(out_features)}.")
         self.conv1 = nn.Conv2d(in_channels, stem_channels, 7, stride=2, padding=3, bias=False)
         self.bn1 = _norm(norm, stem_channels)
         self.relu = nn.ReLU(inplace=True)

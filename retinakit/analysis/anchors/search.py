@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...config.config import ConfigError
+from ...data.errors import DatasetError
 from ...modeling import DefaultAnchorGenerator
 from .coverage import AnchorCoverageReport, _coverage_of
 from .inputs import AnchorSetup, GroundTruth, _fg_threshold, _grid_tensors, _is_grid_generator, collect_ground_truth
@@ -189,7 +190,7 @@ def suggest_anchors(
     space = _search_space(cfg, setup)
     gt = collect_ground_truth(cfg, dataset_dicts, setup.size_divisibility, mode=mode, max_images=max_images)
     if len(gt) == 0:
-        raise ValueError("The dataset has no (non-crowd) ground-truth boxes: nothing to fit anchors to.")
+        raise DatasetError("The dataset has no (non-crowd) ground-truth boxes to fit anchors to; check DATASETS.TRAIN / --dataset.")
     threshold = _fg_threshold(cfg)
     gen: Any = setup.generator
     before = _coverage_of(setup, gt, threshold, gen, "auto", "config")

@@ -89,9 +89,9 @@ class FPN(Backbone):
         """
         super().__init__()
         if fuse_type not in ("sum", "avg"):
-            raise ValueError(f"MODEL.FPN.FUSE_TYPE must be 'sum' or 'avg', got '{fuse_type}'.")
+            raise ConfigError(f"MODEL.FPN.FUSE_TYPE must be 'sum' or 'avg', got '{fuse_type}'.")
         if top_block_in not in ("p5", "c5"):
-            raise ValueError(f"MODEL.FPN.TOP_BLOCK_IN must be 'p5' or 'c5', got '{top_block_in}'.")
+            raise ConfigError(f"MODEL.FPN.TOP_BLOCK_IN must be 'p5' or 'c5', got '{top_block_in}'.")
         shapes = bottom_up.output_shape()
         missing = [f for f in in_features if f not in shapes]
         if missing:
@@ -153,7 +153,7 @@ def build_retinanet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec | None = N
     """FPN (P3-P7) over the bottom-up backbone named by ``MODEL.FPN.BOTTOM_UP``."""
     name = cfg.MODEL.FPN.BOTTOM_UP
     if name in ("build_retinanet_fpn_backbone", "build_retinanet_resnet_fpn_backbone"):
-        raise ValueError(f"MODEL.FPN.BOTTOM_UP must name a bottom-up network, not an FPN ('{name}').")
+        raise ConfigError(f"MODEL.FPN.BOTTOM_UP must name a bottom-up network, not an FPN ('{name}').")
     bottom_up = BACKBONE_REGISTRY.get(name)(cfg, input_shape)
     return FPN(cfg, bottom_up=bottom_up)
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config import CfgNode, configurable
+from ...config import CfgNode, ConfigError, configurable
 from .backbone import Backbone, ShapeSpec
 from .build import BACKBONE_REGISTRY
 from .fpn import FPN
@@ -186,10 +186,10 @@ class MobileNetV3(Backbone):
         """
         super().__init__()
         if variant not in MOBILENET_V3_SPECS:
-            raise ValueError(f"MODEL.MOBILENETV3.VARIANT='{variant}' is unknown; choose one of {sorted(MOBILENET_V3_SPECS)}.")
+            raise ConfigError(f"MODEL.MOBILENETV3.VARIANT='{variant}' is unknown; choose one of {sorted(MOBILENET_V3_SPECS)}.")
         unknown = [f for f in out_features if f not in _NAMES]
         if unknown or not out_features:
-            raise ValueError(f"MODEL.MOBILENETV3.OUT_FEATURES={list(out_features)}: choose a non-empty subset of {list(_NAMES)}.")
+            raise ConfigError(f"MODEL.MOBILENETV3.OUT_FEATURES={list(out_features)}: choose a non-empty subset of {list(_NAMES)}.")
         stem_ch, specs, last_ch = MOBILENET_V3_SPECS[variant]
         self.variant = variant
         # Stages built: up to the deepest requested output (as ResNet; no unused parameters).

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...config import CfgNode, configurable
+from ...config import CfgNode, ConfigError, configurable
 from .backbone import Backbone, ShapeSpec
 from .build import BACKBONE_REGISTRY
 from .norm import freeze_batchnorm, get_norm
@@ -131,7 +131,7 @@ class ResNet(Backbone):
         """
         super().__init__()
         if depth not in RESNET_SPECS:
-            raise ValueError(f"MODEL.RESNETS.DEPTH={depth} is not supported; choose one of {sorted(RESNET_SPECS)}.")
+            raise ConfigError(f"MODEL.RESNETS.DEPTH={depth} is not supported; choose one of {sorted(RESNET_SPECS)}.")
         kind, blocks = RESNET_SPECS[depth]
         block = BasicBlock if kind == "basic" else Bottleneck
         names = ["res2", "res3", "res4", "res5"]

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...config import ConfigError
 from ...structures import ImageList
 
 __all__ = ["ImagePreprocessor", "resize_scale", "resized_size"]
@@ -55,7 +56,7 @@ class ImagePreprocessor(nn.Module):
     ) -> None:
         super().__init__()
         if len(pixel_mean) != len(pixel_std):
-            raise ValueError(f"MODEL.PIXEL_MEAN ({len(pixel_mean)} values) and MODEL.PIXEL_STD ({len(pixel_std)}) differ in length.")
+            raise ConfigError(f"MODEL.PIXEL_MEAN ({len(pixel_mean)} values) and MODEL.PIXEL_STD ({len(pixel_std)}) differ in length.")
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), persistent=False)
         self.size_divisibility = size_divisibility
