@@ -21,13 +21,7 @@ import sys
 
 import pytest
 import torch
-
-from retinakit.data.datasets import ShapesSpec, generate_shapes
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-CONFIG = os.path.join(REPO, "configs", "quickstart", "retinanet_R10_shapes.yaml")
-MAX_ITER = 8  # checkpoints after iterations 2 and 5 (period 3), model_final after 7
+from _resume_run import CONFIG, HERE, MAX_ITER, REPO, shapes_run_opts
 
 pytestmark = pytest.mark.slow
 
@@ -40,16 +34,7 @@ VARIANTS = {
 
 @pytest.fixture(scope="module")
 def data_opts(tmp_path_factory) -> list[str]:
-    root = tmp_path_factory.mktemp("shapes")
-    d = generate_shapes("tiny", ShapesSpec(num_images=16, image_size=160, seed=5), root=str(root))
-    return [
-        "DATASETS.TRAIN", "()", "DATASETS.TEST", "()",
-        "DATASETS.TRAIN_JSON", os.path.join(d, "annotations.json"), "DATASETS.TRAIN_IMAGES", os.path.join(d, "images"),
-        "MODEL.DEVICE", "cpu", "SEED", "7", "DATALOADER.NUM_WORKERS", "0",
-        "SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.CHECKPOINT_PERIOD", "3", "SOLVER.IMS_PER_BATCH", "4",
-        "SOLVER.WARMUP_ITERS", "3", "SOLVER.LOG_PERIOD", "1",
-        "CUSTOM_IMPORTS", "['projects.ResNet10.resnet10', '_resume_pause_hook']", "HOOKS", "['ResumeTestPause']",
-    ]
+    return shapes_run_opts(str(tmp_path_factory.mktemp("shapes")))
 
 
 def _train(out: str, opts: list[str], resume: bool = False, env: dict | None = None) -> tuple[int, str]:

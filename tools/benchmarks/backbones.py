@@ -25,14 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -101,23 +98,6 @@ def gmacs(fn: Callable[[], Any]) -> float:
     return counter.get_total_flops() / 2e9
 
 
-def _time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, dict[str, float]]:
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    ts: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            ts[name].append((time.perf_counter() - t0) * 1000.0)
-    out = {}
-    for name, t in ts.items():
-        q1, q3 = np.percentile(t, [25, 75])
-        out[name] = {"median_ms": statistics.median(t), "iqr_ms": float(q3 - q1), "min_ms": min(t)}
-    return out
-
-
 def _image(h: int, w: int) -> torch.Tensor:
     """A uint8 ``[3, H, W]`` image: smooth background plus a few bright rectangles."""
     g = torch.Generator().manual_seed(0)
@@ -162,6 +142,8 @@ def main(args: argparse.Namespace) -> int:
             path = os.path.join(tmp, f"{name}.onnx")
             export_onnx(model, path, example_size=(1, h, w), metadata=model_metadata(cfg, model))
             variants[f"{name} ONNX Runtime"] = (lambda p: lambda: p([img]))(load_predictor(path, threads=args.threads))
+        from benchmarks.inference import _time_interleaved  # one interleaved timer for the benchmarks
+
         timing = _time_interleaved(variants, args.warmup, args.repeats)
     print(f"batch 1, {h}x{w}, {args.threads} threads, median of {args.repeats} interleaved rounds (IQR) [min]; "
           f"x = {PEER} / model; overrides {extra or 'none'}")
