@@ -89,19 +89,22 @@ class IterationTimer(HookBase):
     def __init__(self) -> None:
         self._step_start = 0.0
         self._train_start = 0.0
+        self._steps = 0
 
     def before_train(self) -> None:
         self._train_start = time.perf_counter()
+        self._steps = 0
 
     def before_step(self) -> None:
         self._step_start = time.perf_counter()
 
     def after_step(self) -> None:
         self.trainer.storage.put_scalar("time", time.perf_counter() - self._step_start)
+        self._steps += 1
 
     def after_train(self) -> None:
         total = time.perf_counter() - self._train_start
-        n = self.trainer.iter - self.trainer.start_iter
+        n = self._steps  # completed steps, also when a later hook stopped training (StopOnSignal) or a step failed
         if n > 0:
             logger.info(f"Trained {n} iterations in {total:.1f}s ({total / n:.4f} s/it including hooks)")
 
