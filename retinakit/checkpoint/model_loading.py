@@ -76,7 +76,7 @@ def _foreign_source(sd: Mapping[str, torch.Tensor], model_sd: Mapping[str, torch
     with retinakit's, so a partial overlap does not make a state dict native)."""
     if all(k in model_sd for k in sd):
         return None
-    return detect_source(sd)
+    return detect_source(dict(sd))
 
 
 def _check_requirements(info: Mapping[str, Any], cfg: CfgNode | None, source: str) -> None:

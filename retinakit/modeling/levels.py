@@ -41,7 +41,7 @@ def check_head_in_features(cfg: CfgNode, backbone: nn.Module, in_features: Seque
     A missing ``p{k}`` finer than the pyramid (``p2`` on a P3-P7 FPN) explains how to get a
     stride-``2^k`` level: which bottom-up feature to add to which key, or that there is none.
     """
-    shapes = backbone.output_shape()
+    shapes = backbone.output_shape()  # type: ignore[operator]  # a retinakit Backbone
     missing = [f for f in in_features if f not in shapes]
     if not in_features:
         raise ConfigError("MODEL.RETINANET.IN_FEATURES is empty: name the backbone outputs the head runs on, e.g. ['p3', ..., 'p7'].")
@@ -52,9 +52,10 @@ def check_head_in_features(cfg: CfgNode, backbone: nn.Module, in_features: Seque
         f"(it has {describe_features(shapes)})"
     )
     strides = [s.stride for s in shapes.values() if s.stride]
-    finer = [f for f in missing if _LEVEL.match(f) and strides and 2 ** int(_LEVEL.match(f).group(1)) < min(strides)]
+    levels = {f: int(m.group(1)) for f in missing if (m := _LEVEL.match(f))}
+    finer = [f for f in missing if f in levels and strides and 2 ** levels[f] < min(strides)]
     if finer:
-        stride = 2 ** int(_LEVEL.match(finer[0]).group(1))
+        stride = 2 ** levels[finer[0]]
         hint = _fpn_hint(backbone, stride)
         fix = f"for {finer[0]} (stride {stride}) {hint}; " if hint else ""
         raise ConfigError(f"{base}: {fix}or remove {finer} from MODEL.RETINANET.IN_FEATURES.")

@@ -111,7 +111,7 @@ def _conv_norm(in_ch: int, out_ch: int, kernel: int, norm: str, stride: int = 1,
     (so ``modeling/fuse.py`` folds a frozen norm into the conv)."""
     norm_layer = get_norm(norm, out_ch)
     if norm_layer is not None:
-        norm_layer.eps = _BN_EPS
+        norm_layer.eps = _BN_EPS  # type: ignore[assignment]
         if isinstance(norm_layer, nn.modules.batchnorm._BatchNorm):
             norm_layer.momentum = _BN_MOMENTUM
     layers: OrderedDict[str, nn.Module] = OrderedDict()
@@ -214,8 +214,8 @@ class MobileNetV3(Backbone):
 
     def _stage_channels(self, stage: int) -> int:
         if stage == 4 and self.last is not None:
-            return self.last.conv.out_channels
-        return [b.project.conv.out_channels for b, k in zip(self.blocks, self._stage_of) if k == stage][-1]
+            return int(self.last.conv.out_channels)  # type: ignore[union-attr, arg-type]
+        return int([b.project.conv.out_channels for b, k in zip(self.blocks, self._stage_of) if k == stage][-1])  # type: ignore[union-attr, arg-type]
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec | None = None) -> dict:

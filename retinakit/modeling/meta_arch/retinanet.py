@@ -150,7 +150,7 @@ class RetinaNet(nn.Module):
         box_coder = build_box_coder(cfg)
         matcher = build_matcher(cfg)
         strides = [int(s.stride or 0) for s in feature_shapes]
-        check_matcher_anchor_counts(matcher, cfg, strides, list(anchor_generator.num_anchors), backbone.size_divisibility)
+        check_matcher_anchor_counts(matcher, cfg, strides, list(anchor_generator.num_anchors), backbone.size_divisibility)  # type: ignore[arg-type]
         r = cfg.MODEL.RETINANET
         return dict(
             backbone=backbone,
