@@ -28,6 +28,8 @@ __all__ = ["default_backend", "elastic_restart_count", "find_free_port", "launch
 
 logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = timedelta(minutes=30)
+# dist_url of a store served by the launching process (launch with dist_url="auto").
+_PARENT_STORE_SCHEME = "parentstore://"
 
 
 def default_backend() -> str:
@@ -106,10 +108,15 @@ def launch(
     world = num_gpus_per_machine * num_machines
     if world <= 1:
         return main_func(*args)
+    parent_store = None
     if dist_url in (None, "auto"):
         if num_machines != 1:
             raise ValueError("--dist-url=auto only works on a single machine; give tcp://HOST:PORT of machine 0.")
-        dist_url = f"tcp://127.0.0.1:{find_free_port()}"
+        # This process serves the rendezvous store on a port the OS assigns while it binds, so no
+        # other process can take the port between choosing and binding it (as with a port picked
+        # by find_free_port and bound later by rank 0). The workers connect to it as clients.
+        parent_store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, timeout=timeout, wait_for_workers=False)
+        dist_url = f"{_PARENT_STORE_SCHEME}127.0.0.1:{parent_store.port}"
     mp.start_processes(
         _worker,
         nprocs=num_gpus_per_machine,
@@ -117,6 +124,7 @@ def launch(
         daemon=False,
         start_method="spawn",
     )
+    del parent_store  # kept alive until every worker has finished
     return None
 
 
@@ -129,6 +137,9 @@ def _init_group(
     store: dist.Store | None = None,
 ) -> None:
     _set_device(local_rank)
+    if store is None and url.startswith(_PARENT_STORE_SCHEME):
+        host, port = url[len(_PARENT_STORE_SCHEME):].rsplit(":", 1)
+        store = dist.TCPStore(host, int(port), world, is_master=False, timeout=timeout)
     if store is not None:
         dist.init_process_group(backend=backend, store=store, world_size=world, rank=rank, timeout=timeout)
     else:
