@@ -156,3 +156,15 @@ def test_mobilenet_variants_get_the_p2_levels(tmp_path):
     assert model.backbone.output_shape()["p2"].stride == 4 and type(model.matcher).__name__ == "ATSSMatcher"
     r10 = so.variant_config("R10", "p2", 0, args)
     assert [list(s) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES] == [list(s) for s in r10.MODEL.ANCHOR_GENERATOR.SIZES]
+
+
+def test_evaluate_zero_means_every_test_image(tmp_path):
+    """`--max-test-images 0` (the default) evaluates the whole test set, with the recall report."""
+    from retinakit.data import get_detection_dataset_dicts
+
+    so = _import("benchmarks.small_objects")
+    cfg = so.variant_config("R10", "base", 0, _args(["--output", str(tmp_path), "--size", "128"]))
+    bbox = so._evaluate(cfg, _model(cfg).eval(), 0)["bbox"]
+    expected = _small_boxes_of_first_images(len(get_detection_dataset_dicts(["shapes_small_val"])))
+    assert {b: bbox["num_gt"][b] for b in expected} == expected
+    assert set(bbox["recall"]) == {"0.05", "0.3", "0.5"}

@@ -229,13 +229,13 @@ def _test_inputs(cfg: Any, n: int) -> list[dict]:
 
 
 def _evaluate(cfg: Any, model: torch.nn.Module, max_images: int) -> dict[str, Any]:
-    """COCO evaluation (with the recall report) of ``model`` on the first ``max_images`` images of DATASETS.TEST[0]."""
+    """COCO evaluation (with the recall report) of ``model`` on the first ``max_images`` images of DATASETS.TEST[0] (0: all)."""
     from retinakit.data import build_detection_test_loader, get_detection_dataset_dicts
     from retinakit.engine import DefaultTrainer
     from retinakit.evaluation import inference_on_dataset
 
     name = cfg.DATASETS.TEST[0]
-    dicts = get_detection_dataset_dicts([name])[:max_images]
+    dicts = get_detection_dataset_dicts([name])[: max_images or None]
     evaluator = DefaultTrainer.build_evaluator(cfg, name)
     return inference_on_dataset(model, build_detection_test_loader(cfg, name, dataset=dicts), evaluator)
 
@@ -268,8 +268,9 @@ def _step_timer(skip: int) -> Any:
 def run_one(cfg: Any, args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
     """Train, evaluate and time one config; writes and returns OUTPUT_DIR/result.json's content.
 
-    Without ``--max-test-images`` the evaluation is the trainer's own at the end of training
-    (DATASETS.TEST); with it, the trainer evaluates nothing and the first N test images are evaluated after."""
+    The trainer evaluates nothing (its eval hook keeps only flattened scalars, without the recall
+    report); the model is evaluated after training on the first ``--max-test-images`` images of
+    DATASETS.TEST[0] (0: all)."""
     from retinakit.engine import DefaultTrainer
     from retinakit.utils.env import seed_all_rng
 
@@ -278,14 +279,13 @@ def run_one(cfg: Any, args: argparse.Namespace, meta: dict[str, Any]) -> dict[st
         f.write(cfg.dump())
     seed_all_rng(cfg.SEED)
     train_cfg = cfg.clone()
-    if args.max_test_images:
-        train_cfg.DATASETS.TEST = ()
+    train_cfg.DATASETS.TEST = ()
     trainer = DefaultTrainer(train_cfg)
     timer = _step_timer(skip=min(5, cfg.SOLVER.MAX_ITER // 5))
     trainer.register_hooks([timer])
-    results = trainer.train()
+    trainer.train()
     model = trainer.model
-    bbox = (_evaluate(cfg, model, args.max_test_images) if args.max_test_images else results)["bbox"]
+    bbox = _evaluate(cfg, model, args.max_test_images)["bbox"]
     img_s, train_s = timer.images_per_s(cfg.SOLVER.IMS_PER_BATCH)
     device = next(model.parameters()).device
     lat = _latency(model, _test_inputs(cfg, 8), args.latency_repeats, device)
