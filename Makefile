@@ -31,7 +31,7 @@ TEST_EXT := $(if $(NVCC),$(EXT_CUDA_STAMP),$(EXT_CPU_STAMP))
 # The demo reuses whatever build is current (a CUDA build also has the CPU kernels).
 DEMO_EXT := $(if $(or $(wildcard $(EXT_CUDA_STAMP)),$(and $(NVCC),$(GPU))),$(EXT_CUDA_STAMP),$(EXT_CPU_STAMP))
 
-.PHONY: test demo build venv clean lint
+.PHONY: test demo build venv clean lint gpu-check gpu-check-prepare
 
 $(BASE_STAMP): setup.py Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,3 +74,18 @@ lint: $(DEPS_STAMP)
 
 clean:
 	rm -rf build retinakit/_C*.so
+
+# GPU check (docs/benchmarks.md, "GPU check"). `make gpu-check-prepare` runs HERE before the
+# device call: it copies the cp312 wheels that the GPU machine lacks (it reaches no registry)
+# into an ignored folder that the device tool carries. `make gpu-check` runs ON the GPU machine,
+# with its own python3 (not .venv): every step, each timed, within 8 minutes, report in $$OUT.
+DEVICE_WHEELS ?= ../shared/device-wheels
+GPU_CHECK_WHEELS ?= .device-wheels
+GPU_PYTHON ?= python3
+
+gpu-check-prepare:
+	@test -d "$(DEVICE_WHEELS)" || { echo "gpu-check-prepare: no folder $(DEVICE_WHEELS); give DEVICE_WHEELS=<folder of cp312 wheels>"; exit 2; }
+	mkdir -p "$(GPU_CHECK_WHEELS)" && cp "$(DEVICE_WHEELS)"/*.whl "$(GPU_CHECK_WHEELS)"/
+
+gpu-check:
+	$(GPU_PYTHON) tools/gpu_check.py --output "$${OUT:-output/gpu_check}"

@@ -12,6 +12,15 @@ rounds (each variant once per round); each figure is the median over the rounds,
 inter-quartile range. Ratios are torchvision's median / variant's median (> 1: faster).
 
     python tools/benchmark.py inference [--size 800 1216] [--repeats 15] [--threads 2] [--json out.json]
+
+With ``--device cuda`` (or ``--eager-only``) it times the PyTorch variants at each of
+``--batch-sizes`` instead: torchvision and retinakit eager in FP32 and under autocast (FP16 on
+CUDA, BF16 on CPU), retinakit's predictor form (folded + channels_last) and, with
+``--compile``, that form under ``torch.compile``; ONNX Runtime's CUDA provider when installed.
+Figures are per batch (median, IQR) and images/s; ratios against torchvision FP32 eager at the
+same batch size.
+
+    python tools/benchmark.py inference --device cuda --batch-sizes 1 32 [--compile] [--json out.json]
 """
 from __future__ import annotations
 
@@ -45,6 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-int8", action="store_true", help="skip the INT8 Q/DQ model (calibration takes minutes)")
     p.add_argument("--calibration-images", type=int, default=4)
     p.add_argument("--json", default="", help="also write the results here")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda: the PyTorch variants per batch size)")
+    p.add_argument("--eager-only", action="store_true", help="the PyTorch variants per batch size, also on CPU")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1], help="with --device cuda / --eager-only")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of the predictor form")
 
 
 def _no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -55,18 +68,23 @@ def _no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
     return run
 
 
-def _time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, dict[str, float]]:
+def _time_interleaved(
+    fns: dict[str, Callable[[], Any]], warmup: int, repeats: int, sync: Callable[[], None] = lambda: None
+) -> dict[str, dict[str, float]]:
     """Median, IQR and minimum (ms) per variant: ``warmup`` calls each, then ``repeats`` rounds
     in which every variant runs once in turn, so that a change of machine speed during the
-    run hits all variants alike instead of whichever happened to be timed then."""
+    run hits all variants alike instead of whichever happened to be timed then. ``sync`` waits
+    for queued device work (before the clock starts and before it stops)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     ts: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             ts[name].append((time.perf_counter() - t0) * 1000.0)
     out = {}
     for name, t in ts.items():
@@ -109,6 +127,8 @@ def main(args: argparse.Namespace) -> int:
     rk = build_model(cfg).eval()
     load_model_weights(rk, {"model": tv.state_dict()}, "torchvision retinanet_resnet50_fpn (random)", cfg=cfg)
     h, w = args.size
+    if args.device != "cpu" or args.eager_only:
+        return _main_eager_batches(args, tv, rk)
     img = _image(h, w)
     variants: dict[str, Callable[[], Any]] = {"torchvision eager": _no_grad(lambda: tv([img.float() / 255.0]))}
     variants["retinakit eager"] = _no_grad(lambda: rk([{"image": img}]))
@@ -149,4 +169,77 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"size": [h, w], "threads": args.threads, "repeats": args.repeats, "results": results}, f, indent=2)
+    return 0
+
+
+def _autocast(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+
+    def run() -> Any:
+        with torch.autocast(device.type, dtype=dtype):
+            return fn()
+
+    return run
+
+
+def _eager_variants(tv: Any, rk: Any, imgs: list[torch.Tensor], device: torch.device, compile_: bool) -> dict[str, Callable[[], Any]]:
+    """The PyTorch variants on one batch ``imgs`` (uint8 ``[3, H, W]`` each, already on ``device``)."""
+    from retinakit.modeling import prepare_for_inference
+
+    low = "FP16" if device.type == "cuda" else "BF16"
+    tv_in = [i.float() / 255.0 for i in imgs]
+    rk_in = [{"image": i} for i in imgs]
+    pred = prepare_for_inference(copy.deepcopy(rk))
+    out: dict[str, Callable[[], Any]] = {
+        "torchvision eager FP32": _no_grad(lambda: tv(tv_in)),
+        f"torchvision eager {low} autocast": _no_grad(_autocast(lambda: tv(tv_in), device)),
+        "retinakit eager FP32": _no_grad(lambda: rk(rk_in)),
+        f"retinakit eager {low} autocast": _no_grad(_autocast(lambda: rk(rk_in), device)),
+        "retinakit predictor FP32 (folded + channels_last)": _no_grad(lambda: pred(rk_in)),
+        f"retinakit predictor {low} autocast (folded + channels_last)": _no_grad(_autocast(lambda: pred(rk_in), device)),
+    }
+    if compile_:
+        compiled = torch.compile(pred)
+        out[f"retinakit predictor {low} autocast, torch.compile"] = _no_grad(_autocast(lambda: compiled(rk_in), device))
+    return out
+
+
+def _main_eager_batches(args: argparse.Namespace, tv: Any, rk: Any) -> int:
+    """``--device cuda`` / ``--eager-only``: the PyTorch variants at each batch size."""
+    device = torch.device(args.device)
+    tv, rk = tv.to(device), rk.to(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    h, w = args.size
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    notes = []
+    if device.type == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            notes.append(f"ONNX Runtime CUDA provider: not installed (providers: {ort.get_available_providers()})")
+    for b in args.batch_sizes:
+        imgs = [_image(h, w, seed=i).to(device) for i in range(b)]
+        variants = _eager_variants(tv, rk, imgs, device, args.compile)
+        try:
+            res = _time_interleaved(variants, args.warmup, args.repeats, sync)
+        except Exception as e:  # torch.compile may not support this model/toolchain: time the rest
+            if not args.compile:
+                raise
+            notes.append(f"torch.compile failed at batch {b}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            variants = _eager_variants(tv, rk, imgs, device, False)
+            res = _time_interleaved(variants, args.warmup, args.repeats, sync)
+        base = res["torchvision eager FP32"]["median_ms"]
+        print(f"batch {b}, {h}x{w}, {dev}, median of {args.repeats} (IQR), speed-up vs torchvision eager FP32")
+        print(f"{'variant':64s} {'median ms':>10s} {'IQR ms':>8s} {'img/s':>8s} {'speed-up':>9s}")
+        for name, r in res.items():
+            r["images_per_s"] = b * 1000.0 / r["median_ms"]
+            r["speedup_vs_torchvision"] = base / r["median_ms"]
+            print(f"{name:64s} {r['median_ms']:10.1f} {r['iqr_ms']:8.1f} {r['images_per_s']:8.1f} {r['speedup_vs_torchvision']:8.2f}x")
+        results[str(b)] = res
+    for n in notes:
+        print(n)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"size": [h, w], "device": dev, "repeats": args.repeats, "notes": notes, "batches": results}, f, indent=2)
     return 0
