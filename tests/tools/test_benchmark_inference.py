@@ -7,12 +7,14 @@ import json
 import os
 import sys
 
+import pytest
 import torch
 import torchvision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.mark.slow
 def test_eager_batches_times_every_variant_and_writes_json(tmp_path):
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     try:
@@ -29,14 +31,15 @@ def test_eager_batches_times_every_variant_and_writes_json(tmp_path):
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 96])
     rk = build_model(cfg).eval()
     out = str(tmp_path / "inf.json")
-    args = argparse.Namespace(device="cpu", eager_only=True, batch_sizes=[1, 2], compile=False, repeats=2, warmup=1,
+    args = argparse.Namespace(device="cpu", eager_only=True, batch_sizes=[1, 2], compile=False, onnx=True, repeats=2, warmup=1,
                               size=(128, 160), threads=1, json=out)
-    assert inference._main_eager_batches(args, tv, rk) == 0
+    assert inference._main_eager_batches(args, tv, rk, cfg) == 0
     with open(out) as f:
         data = json.load(f)
     assert set(data["batches"]) == {"1", "2"}
     for b, res in data["batches"].items():
         assert res["torchvision eager FP32"]["speedup_vs_torchvision"] == 1.0
-        assert {"retinakit eager BF16 autocast", "retinakit predictor FP32 (folded + channels_last)"} <= set(res)
+        assert {"retinakit eager BF16 autocast", "retinakit predictor FP32 (folded + channels_last)",
+                "retinakit ONNX Runtime FP32"} <= set(res)
         for r in res.values():
             assert r["median_ms"] > 0 and r["images_per_s"] == int(b) * 1000.0 / r["median_ms"]

@@ -58,6 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eager-only", action="store_true", help="the PyTorch variants per batch size, also on CPU")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1], help="with --device cuda / --eager-only")
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the predictor form")
+    p.add_argument("--onnx", action="store_true",
+                   help="with --eager-only on CPU: also the e2e ONNX in ONNX Runtime (on CUDA: always, when its provider is installed)")
 
 
 def _no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -128,7 +130,7 @@ def main(args: argparse.Namespace) -> int:
     load_model_weights(rk, {"model": tv.state_dict()}, "torchvision retinanet_resnet50_fpn (random)", cfg=cfg)
     h, w = args.size
     if args.device != "cpu" or args.eager_only:
-        return _main_eager_batches(args, tv, rk)
+        return _main_eager_batches(args, tv, rk, cfg)
     img = _image(h, w)
     variants: dict[str, Callable[[], Any]] = {"torchvision eager": _no_grad(lambda: tv([img.float() / 255.0]))}
     variants["retinakit eager"] = _no_grad(lambda: rk([{"image": img}]))
@@ -204,7 +206,25 @@ def _eager_variants(tv: Any, rk: Any, imgs: list[torch.Tensor], device: torch.de
     return out
 
 
-def _main_eager_batches(args: argparse.Namespace, tv: Any, rk: Any) -> int:
+def _onnx_predictor(args: argparse.Namespace, rk: Any, cfg: Any, device: torch.device, tmp: str, notes: list[str]) -> Any:
+    """The e2e ONNX export of ``rk`` in ONNX Runtime on ``device``, or ``None`` (with a note why)."""
+    import onnxruntime as ort
+
+    from retinakit.export import export_onnx, load_predictor, model_metadata
+
+    providers = ort.get_available_providers()
+    if device.type == "cuda" and "CUDAExecutionProvider" not in providers:
+        notes.append(f"ONNX Runtime on CUDA: not timed, its CUDA provider is not installed (providers: {providers})")
+        return None
+    if not args.onnx and device.type != "cuda":
+        return None
+    path = os.path.join(tmp, "model.onnx")
+    cpu_model = copy.deepcopy(rk).cpu()
+    export_onnx(cpu_model, path, example_size=(1, *args.size), metadata=model_metadata(cfg, cpu_model))
+    return load_predictor(path, device=device.type, threads=args.threads)
+
+
+def _main_eager_batches(args: argparse.Namespace, tv: Any, rk: Any, cfg: Any) -> int:
     """``--device cuda`` / ``--eager-only``: the PyTorch variants at each batch size."""
     device = torch.device(args.device)
     tv, rk = tv.to(device), rk.to(device)
@@ -212,15 +232,15 @@ def _main_eager_batches(args: argparse.Namespace, tv: Any, rk: Any) -> int:
     h, w = args.size
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     results: dict[str, dict[str, dict[str, float]]] = {}
-    notes = []
-    if device.type == "cuda":
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            notes.append(f"ONNX Runtime CUDA provider: not installed (providers: {ort.get_available_providers()})")
+    notes: list[str] = []
+    tmp = tempfile.TemporaryDirectory()
+    ort_pred = _onnx_predictor(args, rk, cfg, device, tmp.name, notes)
     for b in args.batch_sizes:
         imgs = [_image(h, w, seed=i).to(device) for i in range(b)]
         variants = _eager_variants(tv, rk, imgs, device, args.compile)
+        if ort_pred is not None:
+            host = [i.cpu() for i in imgs]
+            variants["retinakit ONNX Runtime FP32"] = lambda host=host: ort_pred(host)
         try:
             res = _time_interleaved(variants, args.warmup, args.repeats, sync)
         except Exception as e:  # torch.compile may not support this model/toolchain: time the rest
@@ -237,6 +257,7 @@ def _main_eager_batches(args: argparse.Namespace, tv: Any, rk: Any) -> int:
             r["speedup_vs_torchvision"] = base / r["median_ms"]
             print(f"{name:64s} {r['median_ms']:10.1f} {r['iqr_ms']:8.1f} {r['images_per_s']:8.1f} {r['speedup_vs_torchvision']:8.2f}x")
         results[str(b)] = res
+    tmp.cleanup()
     for n in notes:
         print(n)
     if args.json:
