@@ -92,6 +92,8 @@ def test_smoke_run_writes_json_and_table(smoke):
         assert r["latency_ms"]["mean"] == run["latency_ms"]["median"]
     table = [line for line in stdout.splitlines() if line.startswith("| R10 |")]
     assert len(table) == 4  # main table and recall table, one row per variant each
+    # AP is a fraction in [0, 1]: shown with 3 decimals (".1f" printed 0.0 for every run)
+    assert f"| {rows['p2']['AP']['mean']:.3f} ± 0.000 | {rows['p2']['AP_small']['mean']:.3f} ± 0.000 |" in stdout
     assert "| AP | AP_small | Train img/s | Latency ms (median) | IQR ms |" in stdout
     assert "0-8px @0.3" in stdout and "over32px" not in stdout  # only bins with boxes
 

@@ -340,13 +340,13 @@ def _pm(m: dict[str, float], fmt: str = ".1f") -> str:
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """The main table and the recall table (mean ± SD over seeds)."""
+    """The main table and the recall table (mean ± SD over seeds; AP as COCO's fractions in [0, 1])."""
     out = ["| Backbone | Variant | Levels | Matcher | Size | Seeds | AP | AP_small | Train img/s | Latency ms (median) | IQR ms | Device |",
            "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         levels = f"{r['head_in_features'][0]}-{r['head_in_features'][-1]}"
         out.append(f"| {r['backbone']} | {r['variant']} | {levels} | {r['matcher']} | {r['size']} | {len(r['seeds'])} | "
-                   f"{_pm(r['AP'])} | {_pm(r['AP_small'])} | {_pm(r['train_img_per_s'], '.2f')} | "
+                   f"{_pm(r['AP'], '.3f')} | {_pm(r['AP_small'], '.3f')} | {_pm(r['train_img_per_s'], '.2f')} | "
                    f"{_pm(r['latency_ms'])} | {_pm(r['latency_iqr_ms'])} | {', '.join(r['devices'])} |")
     if rows and rows[0]["recall"]:
         nonempty = [b for b, n in rows[0]["num_gt"].items() if n and b != "all"]
