@@ -16,8 +16,30 @@ from typing import Any
 import numpy as np
 
 
+def _trunk_model(src: str, dst: str) -> list[str]:
+    """Write ``src`` up to the backbone/head outputs (before post-processing) to ``dst``; returns its inputs.
+
+    The post-processing outputs have a data-dependent size (detections kept per image), which
+    onnxruntime's histogram calibrators cannot stack; the trunk's tensors have fixed shapes.
+    """
+    import onnx
+
+    from retinakit.export.quantize import trunk_node_names
+
+    model = onnx.load(src)
+    inside = set(trunk_node_names(model)[0])
+    trunk = [n for n in model.graph.node if n.name in inside]
+    inputs = [i.name for i in model.graph.input]
+    used_outside = {i for n in model.graph.node if n.name not in inside for i in n.input}
+    used_outside |= {o.name for o in model.graph.output}
+    outputs = [o for n in trunk for o in n.output if o in used_outside]
+    sub = onnx.utils.Extractor(model).extract_model(inputs, outputs)
+    onnx.save(sub, dst)
+    return inputs
+
+
 def _percentile_cache(job: dict[str, Any], data: dict[str, np.ndarray], cache_path: str) -> None:
-    """Percentile ranges with onnxruntime's calibrator, written as a TensorRT-style cache."""
+    """Percentile ranges of the trunk's tensors with onnxruntime's calibrator, as a TensorRT-style cache."""
     from onnxruntime.quantization.calibrate import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -32,11 +54,13 @@ def _percentile_cache(job: dict[str, Any], data: dict[str, np.ndarray], cache_pa
             if self.i >= len(data["images"]):
                 return None
             self.i += 1
-            return {k: v[self.i - 1 : self.i] for k, v in data.items()}
+            return {k: data[k][self.i - 1 : self.i] for k in inputs}
 
     with tempfile.TemporaryDirectory() as tmp:
+        trunk = os.path.join(tmp, "trunk.onnx")
+        inputs = _trunk_model(job["input"], trunk)
         cal = create_calibrator(
-            job["input"], op_types_to_calibrate=None, augmented_model_path=os.path.join(tmp, "augmented.onnx"),
+            trunk, op_types_to_calibrate=None, augmented_model_path=os.path.join(tmp, "augmented.onnx"),
             calibrate_method=CalibrationMethod.Percentile,
             extra_options={"symmetric": True, "num_bins": 2048, "percentile": float(job["percentile"])},
         )

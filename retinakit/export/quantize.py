@@ -23,6 +23,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from typing import Sequence
 
 import numpy as np
 
@@ -31,7 +32,9 @@ from ._deps import MissingDependencyError, require
 from .calib_cache import CacheError, read_cache, scales_from_qdq_model, write_cache
 from .onnx import MAX_IR_VERSION, read_metadata, write_metadata
 
-__all__ = ["CALIBRATION_METHODS", "QuantizationError", "convert_fp16", "quantize_int8", "trunk_node_names"]
+__all__ = [
+    "CALIBRATION_METHODS", "QuantizationError", "convert_fp16", "excluded_node_names", "quantize_int8", "trunk_node_names",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,39 @@ def trunk_node_names(model) -> tuple:
         scope = next((p.value for p in node.metadata_props if p.key == "namespace"), "")
         (inside if _TRUNK_SCOPE.search(scope) else outside).append(node.name)
     return inside, outside
+
+
+def excluded_node_names(model, patterns: Sequence[str]) -> list[str]:
+    """Trunk nodes whose name or module scope matches one of ``patterns`` (``re.search``).
+
+    The module scope is the dotted module path from dynamo's metadata (``model.`` prefix
+    dropped), e.g. ``head.cls_subnet.0`` for the first conv of the classification branch.
+    Raises :class:`ConfigError` for an invalid pattern or one that matches no node.
+    """
+    inside = set(trunk_node_names(model)[0])
+    out: list[str] = []
+    for pat in patterns:
+        try:
+            rx = re.compile(pat)
+        except re.error as e:
+            raise ConfigError(f"EXPORT.INT8.EXCLUDE: invalid regular expression {pat!r} ({e}).") from None
+        hits = [n.name for n in model.graph.node if n.name in inside and (rx.search(n.name) or rx.search(_module_path(n)))]
+        if not hits:
+            raise ConfigError(
+                f"EXPORT.INT8.EXCLUDE pattern {pat!r} matches no backbone/head node of the ONNX model: "
+                "use a module path such as 'head.cls_score' or an ONNX node name."
+            )
+        out += [h for h in hits if h not in out]
+    return out
+
+
+def _module_path(node) -> str:
+    """Dotted module path of a node (``backbone.bottom_up.stem.conv1``) from dynamo's name scopes."""
+    for p in node.metadata_props:
+        if p.key == "pkg.torch.onnx.name_scopes":  # "['', 'model.backbone', ..., '<op name>']"
+            paths = [x for x in re.findall(r"'([^']*)'", p.value) if x.startswith("model.")]
+            return paths[-1][len("model."):] if paths else ""
+    return ""
 
 
 def _run_worker(job: dict) -> None:
@@ -104,6 +140,7 @@ def quantize_int8(
     method: str = "entropy",
     percentile: float = 99.999,
     cache_path: str | None = None,
+    exclude: Sequence[str] = (),
 ) -> str:
     """INT8 Q/DQ copy of an exported model.
 
@@ -114,14 +151,17 @@ def quantize_int8(
         method: ``"entropy"``, ``"max"`` or ``"percentile"`` (``percentile`` of |x|).
         cache_path: where the activation scales are written after calibration, or read from
             when ``calibration_data`` is None.
+        exclude: regular expressions (``EXPORT.INT8.EXCLUDE``); trunk nodes whose ONNX name or
+            module scope (e.g. ``head.cls_score``) matches one stay in FP32.
     """
     onnx = require("onnx")
     if method not in CALIBRATION_METHODS:
         raise ConfigError(f"EXPORT.INT8.CALIBRATION_METHOD (--calibration-method) must be one of {CALIBRATION_METHODS}, got {method!r}.")
     proto = onnx.load(onnx_path, load_external_data=False)
     _, outside = trunk_node_names(proto)
+    kept = excluded_node_names(proto, exclude)
     job = {"task": "int8", "input": os.path.abspath(onnx_path), "output": os.path.abspath(output_path),
-           "method": method, "percentile": percentile, "nodes_to_exclude": [f"^{n}$" for n in outside]}
+           "method": method, "percentile": percentile, "nodes_to_exclude": [f"^{re.escape(n)}$" for n in outside + kept]}
     with tempfile.TemporaryDirectory() as tmp:
         if calibration_data is None:
             if not cache_path or not os.path.isfile(cache_path):
