@@ -136,7 +136,8 @@ def export_all(args: argparse.Namespace, cfg: Any, model: Any) -> list[tuple]:
             logger.info(f"INT8 calibration ({method}) on {len(data['images'])} images")
         else:
             logger.info(f"INT8 from calibration cache {cache} (no images)")
-        quantize_int8(fp32, path, calibration_data=data, method=method, percentile=cfg.EXPORT.INT8.PERCENTILE, cache_path=cache)
+        quantize_int8(fp32, path, calibration_data=data, method=method, percentile=cfg.EXPORT.INT8.PERCENTILE, cache_path=cache,
+                      exclude=list(cfg.EXPORT.INT8.EXCLUDE))
         out.append(("int8", path))
     return out
 

@@ -51,3 +51,13 @@ def test_int8_without_images_or_cache_and_verify_without_data(ckpt, tmp_path):
     assert_clean_error(r, "--calibration-images")
     r = run_tool(["tools/deploy.py", "--config-file", R18, "--weights", ckpt, "--output", str(tmp_path / "o"), "--verify"])
     assert_clean_error(r, "--val-images")
+
+
+def test_int8_exclude_pattern_matching_nothing(ckpt, tmp_path):
+    from retinakit.data import MetadataCatalog
+
+    pytest.importorskip("modelopt.onnx.quantization", reason="NVIDIA Model Optimizer (retinakit[deploy]) not installed")
+    cal = MetadataCatalog.get("shapes_val").image_root
+    r = run_tool(["tools/deploy.py", "--config-file", R18, "--weights", ckpt, "--output", str(tmp_path / "o"), "--int8",
+                  "--calibration-images", cal, "--num-calibration-images", "2", "EXPORT.INT8.EXCLUDE", "['no_such_module_xyz']"])
+    assert_clean_error(r, "EXPORT.INT8.EXCLUDE", "no_such_module_xyz")

@@ -26,6 +26,9 @@ def add_export_config(_C: CN) -> None:
     _C.EXPORT.INT8.NUM_IMAGES = 64
     # An INT8 model fails verification when its AP is below (1 - this) x the PyTorch AP (MLPerf: 1%).
     _C.EXPORT.INT8.MAX_RELATIVE_AP_DROP = 0.01
+    # Regular expressions: backbone/head nodes whose ONNX node name or module path (e.g.
+    # "head.cls_score", "backbone.bottom_up.layer1.0") matches one stay in FP32 in the INT8 model.
+    _C.EXPORT.INT8.EXCLUDE = []
 
     _C.EXPORT.TENSORRT = CN()
     # Builder workspace memory limit (MiB).
