@@ -23,7 +23,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

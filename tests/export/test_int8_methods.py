@@ -70,7 +70,7 @@ def test_exclude_pattern_errors(e2e_onnx):
     from retinakit.export.quantize import excluded_node_names
 
     proto = onnx.load(e2e_onnx, load_external_data=False)
-    with pytest.raises(ConfigError, match="EXPORT.INT8.EXCLUDE.*matches no"):
+    with pytest.raises(ConfigError, match=r"EXPORT\.INT8\.EXCLUDE.*matches no"):
         excluded_node_names(proto, ["no_such_module_xyz"])
     with pytest.raises(ConfigError, match="invalid regular expression"):
         excluded_node_names(proto, ["(unclosed"])
