@@ -184,14 +184,17 @@ def _autocast(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
     return run
 
 
-def _eager_variants(tv: Any, rk: Any, imgs: list[torch.Tensor], device: torch.device, compile_: bool) -> dict[str, Callable[[], Any]]:
-    """The PyTorch variants on one batch ``imgs`` (uint8 ``[3, H, W]`` each, already on ``device``)."""
-    from retinakit.modeling import prepare_for_inference
+def _eager_variants(
+    tv: Any, rk: Any, pred: Any, compiled: Any, ort_pred: Any, imgs: list[torch.Tensor], device: torch.device
+) -> dict[str, Callable[[], Any]]:
+    """The variants on one batch ``imgs`` (uint8 ``[3, H, W]`` each, already on ``device``).
 
+    ``pred``: ``rk`` in its predictor form (folded + channels_last); ``compiled``: ``torch.compile``
+    of it, or ``None``; ``ort_pred``: the ONNX Runtime predictor, or ``None``. All are made once,
+    for every batch size."""
     low = "FP16" if device.type == "cuda" else "BF16"
     tv_in = [i.float() / 255.0 for i in imgs]
     rk_in = [{"image": i} for i in imgs]
-    pred = prepare_for_inference(copy.deepcopy(rk))
     out: dict[str, Callable[[], Any]] = {
         "torchvision eager FP32": _no_grad(lambda: tv(tv_in)),
         f"torchvision eager {low} autocast": _no_grad(_autocast(lambda: tv(tv_in), device)),
@@ -200,9 +203,11 @@ def _eager_variants(tv: Any, rk: Any, imgs: list[torch.Tensor], device: torch.de
         "retinakit predictor FP32 (folded + channels_last)": _no_grad(lambda: pred(rk_in)),
         f"retinakit predictor {low} autocast (folded + channels_last)": _no_grad(_autocast(lambda: pred(rk_in), device)),
     }
-    if compile_:
-        compiled = torch.compile(pred)
+    if compiled is not None:
         out[f"retinakit predictor {low} autocast, torch.compile"] = _no_grad(_autocast(lambda: compiled(rk_in), device))
+    if ort_pred is not None:
+        host = [i.cpu() for i in imgs]
+        out["retinakit ONNX Runtime FP32"] = lambda: ort_pred(host)
     return out
 
 
@@ -224,8 +229,22 @@ def _onnx_predictor(args: argparse.Namespace, rk: Any, cfg: Any, device: torch.d
     return load_predictor(path, device=device.type, threads=args.threads)
 
 
+def _report(res: dict[str, dict[str, float]], batch: int, title: str) -> dict[str, dict[str, float]]:
+    """Adds images/s and the speed-up vs torchvision FP32 eager to ``res``; prints the table."""
+    base = res["torchvision eager FP32"]["median_ms"]
+    print(f"{title}, median of the rounds (IQR), speed-up vs torchvision eager FP32")
+    print(f"{'variant':64s} {'median ms':>10s} {'IQR ms':>8s} {'img/s':>8s} {'speed-up':>9s}")
+    for name, r in res.items():
+        r["images_per_s"] = batch * 1000.0 / r["median_ms"]
+        r["speedup_vs_torchvision"] = base / r["median_ms"]
+        print(f"{name:64s} {r['median_ms']:10.1f} {r['iqr_ms']:8.1f} {r['images_per_s']:8.1f} {r['speedup_vs_torchvision']:8.2f}x")
+    return res
+
+
 def _main_eager_batches(args: argparse.Namespace, tv: Any, rk: Any, cfg: Any) -> int:
     """``--device cuda`` / ``--eager-only``: the PyTorch variants at each batch size."""
+    from retinakit.modeling import prepare_for_inference
+
     device = torch.device(args.device)
     tv, rk = tv.to(device), rk.to(device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
@@ -233,31 +252,21 @@ def _main_eager_batches(args: argparse.Namespace, tv: Any, rk: Any, cfg: Any) ->
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     results: dict[str, dict[str, dict[str, float]]] = {}
     notes: list[str] = []
-    tmp = tempfile.TemporaryDirectory()
-    ort_pred = _onnx_predictor(args, rk, cfg, device, tmp.name, notes)
-    for b in args.batch_sizes:
-        imgs = [_image(h, w, seed=i).to(device) for i in range(b)]
-        variants = _eager_variants(tv, rk, imgs, device, args.compile)
-        if ort_pred is not None:
-            host = [i.cpu() for i in imgs]
-            variants["retinakit ONNX Runtime FP32"] = lambda host=host: ort_pred(host)
-        try:
-            res = _time_interleaved(variants, args.warmup, args.repeats, sync)
-        except Exception as e:  # torch.compile may not support this model/toolchain: time the rest
-            if not args.compile:
-                raise
-            notes.append(f"torch.compile failed at batch {b}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-            variants = _eager_variants(tv, rk, imgs, device, False)
-            res = _time_interleaved(variants, args.warmup, args.repeats, sync)
-        base = res["torchvision eager FP32"]["median_ms"]
-        print(f"batch {b}, {h}x{w}, {dev}, median of {args.repeats} (IQR), speed-up vs torchvision eager FP32")
-        print(f"{'variant':64s} {'median ms':>10s} {'IQR ms':>8s} {'img/s':>8s} {'speed-up':>9s}")
-        for name, r in res.items():
-            r["images_per_s"] = b * 1000.0 / r["median_ms"]
-            r["speedup_vs_torchvision"] = base / r["median_ms"]
-            print(f"{name:64s} {r['median_ms']:10.1f} {r['iqr_ms']:8.1f} {r['images_per_s']:8.1f} {r['speedup_vs_torchvision']:8.2f}x")
-        results[str(b)] = res
-    tmp.cleanup()
+    pred = prepare_for_inference(copy.deepcopy(rk))
+    compiled = torch.compile(pred) if args.compile else None
+    with tempfile.TemporaryDirectory() as tmp:
+        ort_pred = _onnx_predictor(args, rk, cfg, device, tmp, notes)
+        for b in args.batch_sizes:
+            imgs = [_image(h, w, seed=i).to(device) for i in range(b)]
+            try:
+                res = _time_interleaved(_eager_variants(tv, rk, pred, compiled, ort_pred, imgs, device), args.warmup, args.repeats, sync)
+            except Exception as e:  # torch.compile may not support this model/toolchain: time the rest
+                if compiled is None:
+                    raise
+                notes.append(f"torch.compile failed at batch {b}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                compiled = None
+                res = _time_interleaved(_eager_variants(tv, rk, pred, None, ort_pred, imgs, device), args.warmup, args.repeats, sync)
+            results[str(b)] = _report(res, b, f"batch {b}, {h}x{w}, {dev}")
     for n in notes:
         print(n)
     if args.json:
