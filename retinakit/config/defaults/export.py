@@ -41,3 +41,24 @@ def add_export_config(_C: CN) -> None:
     _C.EXPORT.TENSORRT.OPTIMIZATION_LEVEL = 3
     # Timing cache file reused across builds ("" = <output dir>/timing.cache).
     _C.EXPORT.TENSORRT.TIMING_CACHE = ""
+
+    # tools/deploy.py --triton-repo DIR: a Triton model repository (docs/deployment.md, "Triton").
+    _C.EXPORT.TRITON = CN()
+    # Model name: the folder DIR/NAME and config.pbtxt's name (--triton-name).
+    _C.EXPORT.TRITON.NAME = "retinakit"
+    # Largest batch Triton's dynamic batcher forms (--max-batch); an engine's must be <= EXPORT.TENSORRT.BATCH[2].
+    _C.EXPORT.TRITON.MAX_BATCH_SIZE = 8
+    # Instance group kind: "auto" (GPU when present, else CPU; engines: GPU), "gpu" or "cpu".
+    _C.EXPORT.TRITON.INSTANCE_KIND = "auto"
+    # Dynamic batching: how long a request may wait for others to form a batch (microseconds).
+    _C.EXPORT.TRITON.MAX_QUEUE_DELAY_US = 100
+
+    # tools/deploy.py --deepstream DIR: a DeepStream nvinfer config (docs/deployment.md, "DeepStream").
+    _C.EXPORT.DEEPSTREAM = CN()
+    # Network input (height, width) = nvinfer's infer-dims: multiples of the backbone's size
+    # divisibility; () = INPUT.MIN_SIZE_TEST square, rounded up. Match your streams' aspect ratio.
+    _C.EXPORT.DEEPSTREAM.INPUT_SIZE = ()
+    # nvinfer batch-size (frames per inference; the graph's batch is dynamic).
+    _C.EXPORT.DEEPSTREAM.BATCH_SIZE = 1
+    # nvinfer maintain-aspect-ratio: scale frames keeping their aspect ratio, pad bottom/right.
+    _C.EXPORT.DEEPSTREAM.MAINTAIN_ASPECT_RATIO = True
