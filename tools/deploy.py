@@ -6,7 +6,8 @@
                          [--calibration-cache FILE] [--calibration-method entropy|max|percentile]
                          [--num-calibration-images N]]
         [--tensorrt] [--mode e2e|heads]
-        [--verify --val-images DIR --val-annotations JSON [--max-ap-drop 0.01]] [KEY VALUE ...]
+        [--verify --val-images DIR --val-annotations JSON [--max-ap-drop 0.01]]
+        [--triton-repo DIR [--triton-name NAME] [--max-batch N]] [--deepstream DIR] [KEY VALUE ...]
 
 Writes DIR/model.onnx (FP32), DIR/model_fp16.onnx, DIR/model_winograd.onnx (FP32 with its
 3x3 convolutions rewritten as Winograd F(4x4,3x3), for ONNX Runtime on CPU),
@@ -18,6 +19,12 @@ PyTorch model on the validation set and prints backend, precision, latency, AP, 
 the largest box difference; it also writes DIR/verify.json. An INT8 model whose AP is more
 than --max-ap-drop (relative, default EXPORT.INT8.MAX_RELATIVE_AP_DROP = 1%) below the
 PyTorch AP fails the run (exit code 1). Bad inputs exit with code 2 and one message.
+
+--triton-repo DIR writes a Triton model repository, DIR/NAME/{config.pbtxt, labels.txt,
+1/model.onnx or 1/model.plan} (the engine of the lowest precision built, else the FP32 ONNX).
+--deepstream DIR writes DIR/config_infer_primary_retinakit.txt, DIR/labels.txt and the graph
+in the layout of DeepStream's stock NMS parser (FP16/INT8 with --fp16/--int8). See
+docs/deployment.md.
 """
 from __future__ import annotations
 
@@ -58,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-annotations", default="", help="validation COCO JSON (--verify)")
     p.add_argument("--max-val-images", type=int, default=0, help="evaluate only the first N images (0 = all)")
     p.add_argument("--max-ap-drop", type=float, default=None, help="relative INT8 AP tolerance (default EXPORT.INT8.MAX_RELATIVE_AP_DROP)")
+    p.add_argument("--triton-repo", default="", help="write a Triton model repository into this folder")
+    p.add_argument("--triton-name", default=None, help="Triton model name (default EXPORT.TRITON.NAME)")
+    p.add_argument("--max-batch", type=int, default=None, help="Triton max_batch_size (default EXPORT.TRITON.MAX_BATCH_SIZE)")
+    p.add_argument("--deepstream", default="", help="write a DeepStream nvinfer config (+ its ONNX graph) into this folder")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return p.parse_args(argv)
 
@@ -79,6 +90,12 @@ def _check_args(args: argparse.Namespace) -> None:
         list_images(args.calibration_images)  # missing or image-less folder: fail before exporting
     if args.verify and not (args.val_images and args.val_annotations):
         raise UserError("--verify needs --val-images DIR and --val-annotations JSON.")
+    if (args.triton_name is not None or args.max_batch is not None) and not args.triton_repo:
+        raise UserError("--triton-name and --max-batch go with --triton-repo DIR.")
+    if args.max_batch is not None and args.max_batch < 1:
+        raise UserError(f"--max-batch must be >= 1, got {args.max_batch}.")
+    if args.deepstream and args.int8 and not args.calibration_images:
+        raise UserError("--deepstream with --int8 calibrates the DeepStream graph itself: it needs --calibration-images DIR.")
 
 
 def _setup_cfg(args: argparse.Namespace) -> Any:
@@ -157,6 +174,24 @@ def _check_tensorrt_limits(cfg: Any, model: Any) -> None:
         raise UserError(f"--tensorrt: {e}") from None
 
 
+def write_serving(args: argparse.Namespace, cfg: Any, model: Any, artefacts: list[tuple]) -> list[tuple]:
+    """--triton-repo / --deepstream: ``[(kind, config path)]``."""
+    from retinakit.export import model_metadata
+    from retinakit.export.serving.bundle import deepstream_bundle, triton_bundle
+
+    out = []
+    if args.triton_repo:
+        out.append(("triton", triton_bundle(cfg, artefacts, args.triton_repo, name=args.triton_name, max_batch_size=args.max_batch)))
+    if args.deepstream:
+        precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
+        n = cfg.EXPORT.INT8.NUM_IMAGES if args.num_calibration_images is None else args.num_calibration_images
+        logger.info(f"Exporting the DeepStream graph ({precision}) to {args.deepstream}")
+        out.append(("deepstream", deepstream_bundle(
+            cfg, model, args.deepstream, model_metadata(cfg, model), precision=precision, calibration_images=args.calibration_images,
+            num_calibration_images=n, calibration_method=args.calibration_method or cfg.EXPORT.INT8.CALIBRATION_METHOD)))
+    return out
+
+
 def build_engines(args: argparse.Namespace, cfg: Any, onnx_files: list[tuple], divisibility: int) -> list[tuple]:
     from retinakit.export.tensorrt import ShapeProfile, build_engine
 
@@ -223,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
         # The Winograd graph is for ONNX Runtime on CPU; TensorRT picks its own convolution kernels.
         engines = build_engines(args, cfg, [f for f in onnx_files if f[0] != "fp32-winograd"], div)
         artefacts += engines
+    artefacts += write_serving(args, cfg, model, artefacts)
     for precision, path in artefacts:
         print(f"wrote {path} ({precision})")
     if args.verify:
