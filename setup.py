@@ -60,8 +60,12 @@ def get_extensions():
 
 EXTRAS = {
     # dev: the test tools plus the optional packages whose code paths the tests cover
-    # (TensorBoard writer, safetensors checkpoints, faster-coco-eval).
-    "dev": ["pytest>=7", "hypothesis", "ruff>=0.17,<0.18", "mypy>=2.4,<2.5", "pytest-timeout", "tensorboard", "safetensors", "faster-coco-eval"],
+    # (TensorBoard writer, safetensors checkpoints, faster-coco-eval); tritonclient[grpc] ships Triton's
+    # ModelConfig protobuf (model_config_pb2) that the tests parse the written config.pbtxt into.
+    "dev": [
+        "pytest>=7", "hypothesis", "ruff>=0.17,<0.18", "mypy>=2.4,<2.5", "pytest-timeout", "tensorboard", "safetensors", "faster-coco-eval",
+        "tritonclient[grpc]>=2.40",
+    ],
     # NVIDIA Model Optimizer (FP16 autocast, INT8 Q/DQ PTQ) with its ONNX helpers listed by hand:
     # nvidia-modelopt[onnx] would pin onnx~=1.21 / onnxruntime-gpu~=1.24 / cupy (docs/deployment.md).
     "deploy": [

@@ -31,7 +31,7 @@ from ...config import ConfigError
 from .._deps import require
 from ..modules import EndToEndModule
 from ..onnx import MAX_IR_VERSION, write_metadata
-from .labels import write_labels
+from .labels import class_labels, write_labels
 
 __all__ = [
     "CONFIG_NAME",
@@ -195,10 +195,11 @@ def write_deepstream_config(
     fmt = str(meta.get("input_format", "RGB")).upper()
     if fmt not in COLOR_FORMAT:
         raise ConfigError(f"INPUT.FORMAT must be RGB or BGR for DeepStream's model-color-format, got {fmt!r}.")
-    os.makedirs(folder, exist_ok=True)
     h, w = meta["input_size"]
     num_classes = int(meta["num_classes"])
-    labels = write_labels(os.path.join(folder, LABELS_NAME), meta.get("class_names"), num_classes)
+    names = class_labels(meta.get("class_names"), num_classes)  # checked before anything is written
+    os.makedirs(folder, exist_ok=True)
+    labels = write_labels(os.path.join(folder, LABELS_NAME), names, num_classes)
     prop: dict[str, Any] = {
         "gpu-id": 0,
         "onnx-file": _copy_into(onnx_path, folder),

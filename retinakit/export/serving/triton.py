@@ -17,7 +17,7 @@ from typing import Any
 
 from ...config import ConfigError
 from .._deps import require
-from .labels import write_labels
+from .labels import class_labels, write_labels
 
 __all__ = ["INSTANCE_KINDS", "TritonTensor", "onnx_io", "triton_config_text", "write_triton_repository"]
 
@@ -170,10 +170,11 @@ def write_triton_repository(
                 "(EXPORT.TENSORRT.BATCH): lower it or rebuild the engine."
             )
     inputs, outputs = onnx_io(onnx_path or model_path)
+    labels = class_labels(meta.get("class_names"), int(meta["num_classes"]))  # checked before anything is written
     folder = os.path.join(repo, name)
     os.makedirs(os.path.join(folder, "1"), exist_ok=True)
     shutil.copyfile(model_path, os.path.join(folder, "1", filename))
-    write_labels(os.path.join(folder, LABELS_NAME), meta.get("class_names"), int(meta["num_classes"]))
+    write_labels(os.path.join(folder, LABELS_NAME), labels, len(labels))
     label_output = next((o.name for o in outputs if o.name in ("classes", "detection_classes")), None)
     text = triton_config_text(name, backend, platform, inputs, outputs, max_batch_size=max_batch_size,
                               instance_kind=instance_kind, max_queue_delay_us=max_queue_delay_us, label_output=label_output)
