@@ -24,15 +24,11 @@ def _trunk_model(src: str, dst: str) -> list[str]:
     """
     import onnx
 
-    from retinakit.export.quantize import trunk_node_names
+    from retinakit.export.quantize import trunk_output_names
 
     model = onnx.load(src)
-    inside = set(trunk_node_names(model)[0])
-    trunk = [n for n in model.graph.node if n.name in inside]
     inputs = [i.name for i in model.graph.input]
-    used_outside = {i for n in model.graph.node if n.name not in inside for i in n.input}
-    used_outside |= {o.name for o in model.graph.output}
-    outputs = [o for n in trunk for o in n.output if o in used_outside]
+    outputs = trunk_output_names(model)
     sub = onnx.utils.Extractor(model).extract_model(inputs, outputs)
     onnx.save(sub, dst)
     return inputs
@@ -76,13 +72,18 @@ def _percentile_cache(job: dict[str, Any], data: dict[str, np.ndarray], cache_pa
 
 
 def _int8(job: dict[str, Any]) -> None:
+    data = dict(np.load(job["data"])) if job.get("data") else None
+    with tempfile.TemporaryDirectory(prefix="retinakit_pct_") as tmp:
+        cache = job.get("cache_in") or None
+        if job["method"] == "percentile" and cache is None:
+            cache = os.path.join(tmp, "percentile.cache")
+            _percentile_cache(job, data, cache)
+        _quantize(job, data, cache)
+
+
+def _quantize(job: dict[str, Any], data: dict[str, np.ndarray] | None, cache: str | None) -> None:
     from modelopt.onnx.quantization import quantize
 
-    data = dict(np.load(job["data"])) if job.get("data") else None
-    cache = job.get("cache_in") or None
-    if job["method"] == "percentile" and cache is None:
-        cache = os.path.join(tempfile.mkdtemp(prefix="retinakit_pct_"), "percentile.cache")
-        _percentile_cache(job, data, cache)
     if data is None:  # scales come from the cache; one blank sample only drives the quantizer
         data = {k: np.asarray(v, dtype=np.float32) for k, v in job["blank"].items()}
     shapes = ",".join(f"{k}:1x" + "x".join(str(d) for d in v.shape[1:]) for k, v in data.items())

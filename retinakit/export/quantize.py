@@ -33,7 +33,8 @@ from .calib_cache import CacheError, read_cache, scales_from_qdq_model, write_ca
 from .onnx import MAX_IR_VERSION, read_metadata, write_metadata
 
 __all__ = [
-    "CALIBRATION_METHODS", "QuantizationError", "convert_fp16", "excluded_node_names", "quantize_int8", "trunk_node_names",
+    "CALIBRATION_METHODS", "QuantizationError", "convert_fp16", "excluded_node_names", "module_path", "quantize_int8",
+    "trunk_node_names", "trunk_output_names",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,17 @@ def trunk_node_names(model) -> tuple:
     return inside, outside
 
 
+def trunk_output_names(model) -> list[str]:
+    """Tensors that the backbone/head hand to the rest of the graph (post-processing or graph outputs).
+
+    They have fixed shapes for a fixed input size, unlike the detections (data-dependent count).
+    """
+    inside = set(trunk_node_names(model)[0])
+    used_outside = {i for n in model.graph.node if n.name not in inside for i in n.input}
+    used_outside |= {o.name for o in model.graph.output}
+    return [o for n in model.graph.node if n.name in inside for o in n.output if o in used_outside]
+
+
 def excluded_node_names(model, patterns: Sequence[str]) -> list[str]:
     """Trunk nodes whose name or module scope matches one of ``patterns`` (``re.search``).
 
@@ -71,7 +83,7 @@ def excluded_node_names(model, patterns: Sequence[str]) -> list[str]:
             rx = re.compile(pat)
         except re.error as e:
             raise ConfigError(f"EXPORT.INT8.EXCLUDE: invalid regular expression {pat!r} ({e}).") from None
-        hits = [n.name for n in model.graph.node if n.name in inside and (rx.search(n.name) or rx.search(_module_path(n)))]
+        hits = [n.name for n in model.graph.node if n.name in inside and (rx.search(n.name) or rx.search(module_path(n)))]
         if not hits:
             raise ConfigError(
                 f"EXPORT.INT8.EXCLUDE pattern {pat!r} matches no backbone/head node of the ONNX model: "
@@ -81,7 +93,7 @@ def excluded_node_names(model, patterns: Sequence[str]) -> list[str]:
     return out
 
 
-def _module_path(node) -> str:
+def module_path(node) -> str:
     """Dotted module path of a node (``backbone.bottom_up.stem.conv1``) from dynamo's name scopes."""
     for p in node.metadata_props:
         if p.key == "pkg.torch.onnx.name_scopes":  # "['', 'model.backbone', ..., '<op name>']"

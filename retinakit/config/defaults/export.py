@@ -29,6 +29,16 @@ def add_export_config(_C: CN) -> None:
     # Regular expressions: backbone/head nodes whose ONNX node name or module path (e.g.
     # "head.cls_score", "backbone.bottom_up.layer1.0") matches one stay in FP32 in the INT8 model.
     _C.EXPORT.INT8.EXCLUDE = []
+    # tools/deploy.py --int8 --verify: when the INT8 model misses MAX_RELATIVE_AP_DROP, rank the
+    # backbone/head layers by INT8 sensitivity (output error with one layer restored to FP32) and keep
+    # the most sensitive ones in FP32, one more at a time, until the AP budget holds.
+    _C.EXPORT.INT8.SENSITIVITY = CN()
+    # Run the search when INT8 misses the budget (False: report the failure only).
+    _C.EXPORT.INT8.SENSITIVITY.ENABLED = True
+    # At most this many layers (module paths, e.g. "head.cls_score") are kept in FP32.
+    _C.EXPORT.INT8.SENSITIVITY.MAX_LAYERS = 6
+    # Images of the ranking (the first calibration images; the validation images without them).
+    _C.EXPORT.INT8.SENSITIVITY.NUM_IMAGES = 8
 
     _C.EXPORT.TENSORRT = CN()
     # Builder workspace memory limit (MiB).
