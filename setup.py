@@ -96,6 +96,7 @@ setup(
         "fvcore",
         "iopath",
         "pycocotools>=2.0.7",
+        "msgspec>=0.18",  # fast typed JSON parsing of COCO files and the dataset cache (retinakit/data)
         "tabulate",
         "pyyaml>=5.1",
         "numpy",

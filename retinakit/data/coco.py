@@ -1,13 +1,17 @@
 """Load a COCO detection JSON into dataset dicts, validating every entry; register it."""
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal, overload
 
 from .catalog import DatasetCatalog, Metadata, MetadataCatalog
+from .coco_fast import annotations_fast, parse_categories_fast, parse_fast
 from .coco_validate import (
     bbox_to_xyxy,
     check_annotation_ids,
@@ -16,27 +20,42 @@ from .coco_validate import (
     check_top_level,
 )
 from .errors import BadImageError, DatasetError, ProblemLog
+from .image_header import jpeg_size
 from .image_io import image_size, size_mismatch
+from .records_cache import CACHE_VERSION, CachedRecords, entry_path, files_fingerprint, read_entry, write_entry
+from .serialize import SerializedList
 
 __all__ = ["load_coco_json", "read_coco_categories", "register_coco_instances"]
 
 logger = logging.getLogger(__name__)
 
 
-def _read_json(json_file: str) -> dict[str, Any]:
+def _read_bytes(json_file: str) -> bytes:
     if not os.path.isfile(json_file):
         raise DatasetError(f"COCO JSON file {json_file} does not exist. Check the path given when registering the dataset.")
     try:
-        with open(json_file, encoding="utf-8") as f:
-            data = json.load(f)
+        with open(json_file, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise DatasetError(f"Cannot read COCO JSON file {json_file}: {e}.") from e
+
+
+def _parse_json(raw: bytes, json_file: str) -> dict[str, Any]:
+    """The reference parse (stdlib json) with the top-level checks."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
     except json.JSONDecodeError as e:
         raise DatasetError(f"{json_file} is not valid JSON: {e}. Fix the file (is it truncated?).") from e
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
         raise DatasetError(f"Cannot read COCO JSON file {json_file}: {e}.") from e
     err = check_top_level(data)
     if err:
         raise DatasetError(f"{json_file}: {err}.")
     return data
+
+
+def _read_json(json_file: str) -> dict[str, Any]:
+    return _parse_json(_read_bytes(json_file), json_file)
 
 
 def _categories(data: dict[str, Any], json_file: str) -> tuple[list[str], dict[int, int]]:
@@ -55,16 +74,19 @@ def _categories(data: dict[str, Any], json_file: str) -> tuple[list[str], dict[i
 
 def read_coco_categories(json_file: str) -> tuple[list[str], dict[int, int]]:
     """Class names and the dataset-id -> contiguous-id map of a COCO JSON file."""
-    return _categories(_read_json(json_file), json_file)
+    raw = _read_bytes(json_file)
+    cats = parse_categories_fast(raw)
+    return _categories({"categories": cats} if cats is not None else _parse_json(raw, json_file), json_file)
 
 
-def _image_sizes(records: list[dict], check_files: bool, bad: ProblemLog, json_file: str) -> list[dict]:
-    """Fill missing height/width from file headers; with ``check_files`` check every file."""
+def _image_sizes(records: list[dict], check_files: bool, bad: ProblemLog, json_file: str) -> tuple[list[dict], list[str]]:
+    """Fill missing height/width from file headers; with ``check_files`` check every file.
+    Returns the kept records and the paths of the files whose headers were read."""
     todo = [r for r in records if check_files or not r.get("height") or not r.get("width")]
 
     def probe(r: dict) -> tuple[dict, Any]:
         try:
-            return r, image_size(r["file_name"], f"image id {r['image_id']} of {json_file}")
+            return r, jpeg_size(r["file_name"]) or image_size(r["file_name"], f"image id {r['image_id']} of {json_file}")
         except BadImageError as e:
             return r, e
 
@@ -84,10 +106,12 @@ def _image_sizes(records: list[dict], check_files: bool, bad: ProblemLog, json_f
             dropped.add(id(r))
             continue
         r["height"], r["width"] = h, w
-    return [r for r in records if id(r) not in dropped]
+    return [r for r in records if id(r) not in dropped], [r["file_name"] for r in todo]
 
 
-def _images(data: dict[str, Any], image_root: str, json_file: str, bad_image: ProblemLog, check_files: bool) -> list[dict]:
+def _images(
+    data: dict[str, Any], image_root: str, json_file: str, bad_image: ProblemLog, check_files: bool
+) -> tuple[list[dict], list[str]]:
     records, seen = [], {}
     for img in data["images"]:
         err = check_image(img)
@@ -139,6 +163,113 @@ def _annotation(
     return out, "", ""
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while millions of small dicts and lists are built (they
+    form no cycles; each collection would walk all of them: about 40% of a COCO-sized load)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _annotations_reference(
+    data: dict[str, Any], json_file: str, records: list[dict], id_map: dict[int, int], bad_ann: ProblemLog
+) -> int:
+    """Fill ``records[k]["annotations"]`` entry by entry; returns the number of annotations
+    of images dropped by the ``ON_BAD_IMAGE`` skip policy."""
+    by_id = {r["image_id"]: r for r in records}
+    declared = {img.get("id") for img in data["images"] if isinstance(img, dict)}
+    for r in records:
+        r["annotations"] = []
+    seen: set = set()
+    with_images = 0
+    for ann in data["annotations"]:
+        out, kind, msg = _annotation(ann, json_file, by_id, id_map, declared, seen)
+        if out is not None:
+            by_id[ann["image_id"]]["annotations"].append(out)
+        elif msg:
+            bad_ann.report(kind, msg)
+        else:
+            with_images += 1
+    return with_images
+
+
+def _validate(
+    json_file: str, image_root: str, on_bad_annotation: str, on_bad_image: str, check_image_files: bool
+) -> tuple[list[dict], CachedRecords]:
+    """Parse and check the file (fast path when it is clean, else the reference path); the
+    records and the cache header (without the key and the JSON's stat, filled by the caller)."""
+    bad_image = ProblemLog(on_bad_image, "images", "DATALOADER.ON_BAD_IMAGE", BadImageError)
+    bad_ann = ProblemLog(on_bad_annotation, "annotations", "DATALOADER.ON_BAD_ANNOTATION")
+    raw = _read_bytes(json_file)
+    fast = parse_fast(raw)
+    data = _parse_json(raw, json_file) if fast is None else {"images": fast.images, "categories": fast.categories}
+    del raw
+    classes, id_map = _categories(data, json_file)
+    records, probed = _images(data, image_root, json_file, bad_image, check_image_files)
+    per_record = annotations_fast(fast.annotations, records, id_map) if fast is not None else None
+    with_images = 0
+    if per_record is not None:
+        for r, anns in zip(records, per_record):
+            r["annotations"] = anns
+    else:
+        if fast is not None:
+            logger.info("%s has annotations the fast checks do not accept: checking them one by one.", json_file)
+            data = _parse_json(_read_bytes(json_file), json_file)
+        with_images = _annotations_reference(data, json_file, records, id_map, bad_ann)
+    summaries = [
+        bad_image.summary(json_file, f" with their {with_images} annotations" if with_images else ""),
+        bad_ann.summary(json_file),
+    ]
+    meta = CachedRecords(
+        version=CACHE_VERSION, key={}, json_size=0, json_mtime_ns=0, probed=probed, probed_fingerprint="",
+        classes=classes, id_map=sorted(id_map.items()), summaries=[line for line in summaries if line],
+    )
+    return records, meta
+
+
+def _load_records(
+    json_file: str, image_root: str, on_bad_annotation: str, on_bad_image: str, check_image_files: bool, cache_dir: str | None
+) -> tuple[SerializedList, CachedRecords]:
+    """Records (JSON-codec) and header, from the cache entry when it is current, else
+    validated (and written to the cache when ``cache_dir`` is given)."""
+    key = {
+        "json_file": os.path.abspath(json_file), "image_root": os.path.abspath(image_root),
+        "on_bad_annotation": on_bad_annotation, "on_bad_image": on_bad_image, "check_image_files": bool(check_image_files),
+    }
+    path = entry_path(cache_dir, key) if cache_dir else None
+    hit = read_entry(path, key) if path and os.path.isfile(json_file) else None
+    if hit is not None:
+        for line in hit[1].summaries:
+            logger.warning("%s (from the dataset cache %s)", line, path)
+        logger.info("Read %d validated images of %s from the dataset cache %s", len(hit[0]), json_file, path)
+        return hit
+    before = os.stat(json_file) if os.path.isfile(json_file) else None
+    records, meta = _validate(json_file, image_root, on_bad_annotation, on_bad_image, check_image_files)
+    serialized = SerializedList(records, codec="json")
+    del records
+    if path and before is not None:
+        meta.key, meta.json_size, meta.json_mtime_ns = key, before.st_size, before.st_mtime_ns
+        meta.probed_fingerprint = files_fingerprint(meta.probed)
+        if write_entry(path, serialized, meta):
+            logger.info("Wrote the validated records of %s to the dataset cache %s", json_file, path)
+    return serialized, meta
+
+
+@overload
+def load_coco_json(
+    json_file: str, image_root: str, dataset_name: str | None = ..., *, on_bad_annotation: str = ..., on_bad_image: str = ...,
+    check_image_files: bool = ..., cache_dir: str | None = ..., serialized: Literal[False] = ...,
+) -> list[dict]: ...
+@overload
+def load_coco_json(
+    json_file: str, image_root: str, dataset_name: str | None = ..., *, on_bad_annotation: str = ..., on_bad_image: str = ...,
+    check_image_files: bool = ..., cache_dir: str | None = ..., serialized: Literal[True],
+) -> SerializedList: ...
 def load_coco_json(
     json_file: str,
     image_root: str,
@@ -147,7 +278,9 @@ def load_coco_json(
     on_bad_annotation: str = "error",
     on_bad_image: str = "error",
     check_image_files: bool = True,
-) -> list[dict]:
+    cache_dir: str | None = None,
+    serialized: bool = False,
+) -> list[dict] | SerializedList:
     """Parse and validate a COCO detection JSON; return detectron2-style dataset dicts.
 
     Each dict: ``file_name`` (joined with ``image_root``), ``image_id``, ``height``, ``width``
@@ -158,32 +291,21 @@ def load_coco_json(
     counts and logs one summary line. ``check_image_files`` reads every image header
     (existence, readability, size agrees with the JSON). With ``dataset_name``, its metadata
     gets ``thing_classes`` and ``thing_dataset_id_to_contiguous_id``.
+
+    ``cache_dir``: keep the validated dicts in a file there (:mod:`.records_cache`), keyed
+    by the JSON file, the image root and the three options; a later call with the same
+    inputs reads it instead of parsing and probing again (a changed JSON file or image file
+    makes the entry stale). ``serialized``: return the dicts as a JSON-codec
+    :class:`~retinakit.data.serialize.SerializedList` (one buffer, what the loaders use)
+    instead of a list.
     """
-    data = _read_json(json_file)
-    classes, id_map = _categories(data, json_file)
-    bad_image = ProblemLog(on_bad_image, "images", "DATALOADER.ON_BAD_IMAGE", BadImageError)
-    bad_ann = ProblemLog(on_bad_annotation, "annotations", "DATALOADER.ON_BAD_ANNOTATION")
-    records = _images(data, image_root, json_file, bad_image, check_image_files)
-    by_id = {r["image_id"]: r for r in records}
-    declared = {img.get("id") for img in data["images"] if isinstance(img, dict)}
-    for r in records:
-        r["annotations"] = []
-    seen: set = set()
-    with_images = 0  # annotations of images dropped by the ON_BAD_IMAGE skip policy
-    for ann in data["annotations"]:
-        out, kind, msg = _annotation(ann, json_file, by_id, id_map, declared, seen)
-        if out is not None:
-            by_id[ann["image_id"]]["annotations"].append(out)
-        elif msg:
-            bad_ann.report(kind, msg)
-        else:
-            with_images += 1
-    bad_image.summary(json_file, f" with their {with_images} annotations" if with_images else "")
-    bad_ann.summary(json_file)
+    with _gc_paused():
+        records, meta = _load_records(json_file, image_root, on_bad_annotation, on_bad_image, check_image_files, cache_dir)
+        out = records if serialized else list(records)
     if dataset_name is not None:
-        _set_categories(MetadataCatalog.get(dataset_name), classes, id_map)
-    logger.info("Loaded %d images, %d boxes from %s", len(records), sum(len(r["annotations"]) for r in records), json_file)
-    return records
+        _set_categories(MetadataCatalog.get(dataset_name), list(meta.classes), dict(meta.id_map))
+    logger.info("Loaded %d images from %s", len(records), json_file)
+    return out
 
 
 def _set_categories(meta: Metadata, classes: list[str], id_map: dict[int, int]) -> None:

@@ -92,6 +92,7 @@ def bbox_to_xyxy(bbox: Any, height: int, width: int) -> tuple[list[float] | None
         return None, f"bbox {bbox!r} has a negative width or height (COCO boxes are [x, y, width, height], not [x0, y0, x1, y1])"
     if w == 0 or h == 0:
         return None, f"bbox {bbox!r} has zero width or height"
+    width, height = float(width), float(height)  # the clipped corners are floats too
     x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
     x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
     if x1 <= x0 or y1 <= y0:
