@@ -105,6 +105,8 @@ setup(
         "matplotlib",
     ],
     extras_require=EXTRAS,
+    # `retinakit train|infer|export`: NVIDIA retinanet-examples' command line (docs/odtk_migration.md)
+    entry_points={"console_scripts": ["retinakit = retinakit.cli:main"]},
     ext_modules=get_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

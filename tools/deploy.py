@@ -193,12 +193,10 @@ def write_serving(args: argparse.Namespace, cfg: Any, model: Any, artefacts: lis
 
 
 def build_engines(args: argparse.Namespace, cfg: Any, onnx_files: list[tuple], divisibility: int) -> list[tuple]:
-    from retinakit.export.tensorrt import ShapeProfile, build_engine
+    from retinakit.export.tensorrt import build_engine, profile_from_cfg
 
     t = cfg.EXPORT.TENSORRT
-    top = -(-int(cfg.INPUT.MAX_SIZE_TEST or 1344) // divisibility) * divisibility
-    opt_short = -(-int(cfg.INPUT.MIN_SIZE_TEST or top) // divisibility) * divisibility
-    profile = ShapeProfile(int(t.BATCH[0]), int(t.BATCH[1]), int(t.BATCH[2]), tuple(t.MIN_HW), (opt_short, top), (top, top))
+    profile = profile_from_cfg(cfg, divisibility)
     cache = t.TIMING_CACHE or os.path.join(args.output, "timing.cache")
     engines = []
     for precision, path in onnx_files:

@@ -19,24 +19,23 @@ metadata.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from fractions import Fraction
 from types import ModuleType
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from retinakit.export import detections
+from retinakit.export.detections import Item
 from retinakit.utils.errors import EXIT_USER_ERROR, UserInputError, user_error_message
 
 VIDEO_CODECS = ("libx264", "mpeg4")  # first one this FFmpeg build has is used
 DEFAULT_FPS = Fraction(25)  # when the input video does not state its frame rate
 logger = logging.getLogger("retinakit.infer")
-
-Item = tuple[Any, Any, str]  # (image id, image path or HWC RGB array, name)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,18 +60,6 @@ class UserError(UserInputError):
 
 
 # ---------------------------------------------------------------------------- inputs
-def image_items(args: argparse.Namespace) -> tuple[list[Item], Any | None]:
-    """``[(image id, source, name)]`` and the validation set (with --annotations)."""
-    from retinakit.export import list_images
-    from retinakit.export.verify import load_valset
-
-    if args.annotations:
-        val = load_valset(args.images, args.annotations)
-        return [(i, f, os.path.basename(f)) for i, f in zip(val.image_ids, val.files)], val
-    files = list_images(args.images)
-    return [(k + 1, f, os.path.relpath(f, args.images)) for k, f in enumerate(files)], None
-
-
 def require_av() -> ModuleType:
     """PyAV, or a :class:`UserError` naming the extra that installs it."""
     try:
@@ -116,13 +103,7 @@ def video_rate(container: Any) -> Fraction:
 
 
 # ---------------------------------------------------------------------------- outputs
-def coco_rows(img_id: Any, inst: Any, to_cat: dict[int, int] | None) -> list[dict[str, Any]]:
-    """COCO results rows of one image's detections (``to_cat`` maps class index -> category id)."""
-    rows = []
-    for (x0, y0, x1, y1), s, c in zip(inst.pred_boxes.tensor.tolist(), inst.scores.tolist(), inst.pred_classes.tolist()):
-        cat = to_cat[c] if to_cat else c + 1
-        rows.append({"image_id": img_id, "category_id": cat, "bbox": [x0, y0, x1 - x0, y1 - y0], "score": s})
-    return rows
+coco_rows = detections.coco_rows
 
 
 def annotate(image: Any, inst: Any, names: list[str] | None, score_thresh: float) -> Any:
@@ -193,53 +174,21 @@ class VideoWriter:
 
 
 # ---------------------------------------------------------------------------- running
-def _batches(items: Any, n: int) -> Iterator[list]:
-    batch: list = []
-    for it in items:
-        batch.append(it)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def predict_items(predictor: Any, items: Any, batch_size: int, total: int | None, visit: Callable[[Item, Any], None]) -> None:
-    """Run ``predictor`` on ``items`` in batches (progress bar); ``visit(item, instances)`` each."""
-    from tqdm import tqdm
-
-    with tqdm(total=total, unit="img", desc="inference") as bar:
-        for batch in _batches(items, batch_size):
-            for item, inst in zip(batch, predictor([src for _, src, _ in batch])):
-                visit(item, inst)
-            bar.update(len(batch))
-
-
-def write_results(path: str, rows: list[dict[str, Any]], count: int, unit: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(rows, f)
-    print(f"wrote {len(rows)} detections of {count} {unit} to {path}")
+predict_items = detections.predict_items
+write_results = detections.write_results
 
 
 def run_images(args: argparse.Namespace, predictor: Any) -> int:
     """Inference on --images: results JSON, PNGs (--visualize), COCO AP (--annotations)."""
     from retinakit.export.verify import coco_ap
 
-    items, val = image_items(args)
-    to_cat = val.to_dataset_id if val else None
-    rows: list[dict[str, Any]] = []
-    all_dets: list[Any] = []
-
     def visit(item: Item, inst: Any) -> None:
-        img_id, src, name = item
-        all_dets.append(inst)
-        rows.extend(coco_rows(img_id, inst, to_cat))
         if args.visualize:
+            _, src, name = item
             out = os.path.join(args.visualize, os.path.splitext(name)[0] + ".png")
             draw(src, inst, predictor.class_names, args.score_thresh, out)
 
-    predict_items(predictor, items, args.batch_size, len(items), visit)
+    rows, all_dets, val = detections.detect_folder(predictor, args.images, args.annotations, args.batch_size, visit)
     write_results(args.output, rows, len(all_dets), "images")
     if val is not None:
         print(f"COCO box AP: {coco_ap(all_dets, val):.2f}")

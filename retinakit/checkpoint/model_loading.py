@@ -118,7 +118,7 @@ def load_model_weights(
     info = checkpoint.get("__retinakit__", {}) if isinstance(checkpoint.get("__retinakit__"), Mapping) else {}
     origin = _foreign_source(sd, model_sd)
     if origin is not None:
-        sd, info = convert(origin, sd)
+        sd, info = convert(origin, sd, checkpoint=checkpoint)  # metadata beside the state dict (ODTK anchors, classes)
         report.converted_from = origin
         logger.info("Converted %s weights from %s (%s).", origin, source, info.get("kind", ""))
     _check_requirements(info, cfg, source)

@@ -40,6 +40,7 @@ __all__ = [
     "TensorRTRunner",
     "build_engine",
     "check_tensorrt_limits",
+    "profile_from_cfg",
     "read_engine_metadata",
     "tensorrt_available",
 ]
@@ -86,6 +87,16 @@ class ShapeProfile:
             "images": ((self.min_batch, 3, *self.min_hw), (self.opt_batch, 3, *self.opt_hw), (self.max_batch, 3, *self.max_hw)),
             "image_sizes": ((self.min_batch, 2), (self.opt_batch, 2), (self.max_batch, 2)),
         }
+
+
+def profile_from_cfg(cfg: Any, divisibility: int) -> ShapeProfile:
+    """The optimisation profile of ``cfg``: batches ``EXPORT.TENSORRT.BATCH``, sizes from
+    ``EXPORT.TENSORRT.MIN_HW`` to ``INPUT.MAX_SIZE_TEST`` (tuned for ``MIN_SIZE_TEST`` x max),
+    rounded up to multiples of ``divisibility``."""
+    t = cfg.EXPORT.TENSORRT
+    top = -(-int(cfg.INPUT.MAX_SIZE_TEST or 1344) // divisibility) * divisibility
+    opt_short = -(-int(cfg.INPUT.MIN_SIZE_TEST or top) // divisibility) * divisibility
+    return ShapeProfile(int(t.BATCH[0]), int(t.BATCH[1]), int(t.BATCH[2]), tuple(t.MIN_HW), (opt_short, top), (top, top))
 
 
 def tensorrt_available() -> bool:
