@@ -247,6 +247,10 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     cfg = _setup_cfg(args)
     model = load_model(cfg, args.weights)
+    if args.deepstream:  # a bad EXPORT.DEEPSTREAM.INPUT_SIZE fails before the slow exports
+        from retinakit.export.serving.bundle import deepstream_input_size
+
+        deepstream_input_size(cfg, model)
     if args.tensorrt:
         _check_tensorrt_limits(cfg, model)
     onnx_files = export_all(args, cfg, model)

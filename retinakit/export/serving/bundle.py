@@ -13,7 +13,7 @@ from torch import nn
 
 from ...config import ConfigError
 from ..onnx import read_metadata
-from .deepstream import deepstream_scale, export_deepstream_onnx, write_deepstream_config
+from .deepstream import check_input_size, deepstream_scale, export_deepstream_onnx, write_deepstream_config
 from .triton import write_triton_repository
 
 __all__ = ["PRECISION_ORDER", "deepstream_bundle", "deepstream_calibration_arrays", "deepstream_input_size", "triton_bundle"]
@@ -51,9 +51,9 @@ def triton_bundle(cfg: Any, artefacts: Sequence[tuple[str, str]], repo: str, *, 
 
 def deepstream_input_size(cfg: Any, model: nn.Module) -> tuple[int, int]:
     """``EXPORT.DEEPSTREAM.INPUT_SIZE``, or ``INPUT.MIN_SIZE_TEST`` square rounded up to the size divisibility."""
-    size = tuple(int(s) for s in cfg.EXPORT.DEEPSTREAM.INPUT_SIZE)
+    size = [int(s) for s in cfg.EXPORT.DEEPSTREAM.INPUT_SIZE]
     if size:
-        return size  # type: ignore[return-value]  # checked by export_deepstream_onnx
+        return check_input_size(model, size)
     div = int(getattr(model.backbone, "size_divisibility", 32) or 32)
     side = -(-int(cfg.INPUT.MIN_SIZE_TEST) // div) * div
     if side <= 0:

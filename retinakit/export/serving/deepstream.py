@@ -39,6 +39,7 @@ __all__ = [
     "STOCK_PARSER",
     "STOCK_PARSER_LIB",
     "DeepStreamModule",
+    "check_input_size",
     "deepstream_scale",
     "export_deepstream_onnx",
     "write_deepstream_config",
@@ -100,7 +101,8 @@ class DeepStreamModule(nn.Module):
         return num.view(-1, 1), boxes, scores, classes.float()
 
 
-def _check_input_size(model: nn.Module, size: Sequence[int]) -> tuple[int, int]:
+def check_input_size(model: nn.Module, size: Sequence[int]) -> tuple[int, int]:
+    """``(H, W)`` of ``size`` when both are positive multiples of the backbone's size divisibility, else ConfigError."""
     div = int(getattr(model.backbone, "size_divisibility", 32) or 32)
     if len(size) != 2 or any(int(s) <= 0 or int(s) % div for s in size):
         raise ConfigError(
@@ -127,7 +129,7 @@ def export_deepstream_onnx(
     require("onnxscript", "DeepStream ONNX export")
     from ...ops.onnx import custom_translation_table
 
-    h, w = _check_input_size(model, input_size)
+    h, w = check_input_size(model, input_size)
     module = DeepStreamModule(model.eval()).eval()
     if module.postprocessor.max_detections > STOCK_PARSER_MAX_OBJECTS:
         logger.warning(
