@@ -51,12 +51,26 @@ def _group(keys: list[str], depth: int = 2) -> str:
     return ", ".join(f"{g}.* ({n})" for g, n in sorted(groups.items()))
 
 
+_STATE_KEYS = ("model", "state_dict", "model_state_dict")
+
+
+def _state_dict_holder(checkpoint: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """(the mapping of the state dict's tensors, the mapping around it with the metadata).
+
+    Follows ``model`` / ``state_dict`` / ``model_state_dict`` entries down, so an ODTK file
+    (``{"backbone", "classes", "state_dict", ...}``) is found also when a Checkpointer wrapped
+    it as ``{"model": file}``; its metadata (anchors, classes) is the second mapping."""
+    outer = checkpoint
+    while True:
+        key = next((k for k in _STATE_KEYS if isinstance(checkpoint.get(k), Mapping)), None)
+        if key is None:
+            return checkpoint, outer
+        outer, checkpoint = checkpoint, checkpoint[key]
+
+
 def extract_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The model state dict inside a checkpoint (``model`` / ``state_dict`` entry or the dict itself)."""
-    for key in ("model", "state_dict", "model_state_dict"):
-        if key in checkpoint and isinstance(checkpoint[key], Mapping):
-            checkpoint = checkpoint[key]
-            break
+    """The model state dict inside a checkpoint (``model`` / ``state_dict`` entries, nested, or the dict itself)."""
+    checkpoint = _state_dict_holder(checkpoint)[0]
     sd = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
     if sd and all(k.startswith("module.") for k in sd):  # saved from DistributedDataParallel
         sd = {k[len("module."):]: v for k, v in sd.items()}
@@ -118,7 +132,7 @@ def load_model_weights(
     info = checkpoint.get("__retinakit__", {}) if isinstance(checkpoint.get("__retinakit__"), Mapping) else {}
     origin = _foreign_source(sd, model_sd)
     if origin is not None:
-        sd, info = convert(origin, sd, checkpoint=checkpoint)  # metadata beside the state dict (ODTK anchors, classes)
+        sd, info = convert(origin, sd, checkpoint=_state_dict_holder(checkpoint)[1])  # + metadata (ODTK anchors, classes)
         report.converted_from = origin
         logger.info("Converted %s weights from %s (%s).", origin, source, info.get("kind", ""))
     _check_requirements(info, cfg, source)
