@@ -16,6 +16,7 @@ from .catalog import DatasetCatalog, MetadataCatalog
 from .coco import register_coco_instances
 from .errors import DatasetError, check_policy
 from .mapper import DatasetMapper
+from .records_cache import default_cache_dir
 from .samplers import (
     InferenceSampler,
     TrainingSampler,
@@ -25,6 +26,7 @@ from .samplers import (
     world_info,
 )
 from .serialize import SerializedList
+from .shared_load import load_on_first_rank
 
 if TYPE_CHECKING:
     from .dali import DaliInferenceLoader
@@ -36,6 +38,7 @@ __all__ = [
     "get_eval_dataset_names",
     "get_train_dataset_names",
     "register_datasets_from_cfg",
+    "serialized_dataset_dicts",
     "worker_init_reset_seed",
 ]
 
@@ -78,10 +81,15 @@ def get_eval_dataset_names(cfg: Any) -> list[str]:
     return list(cfg.DATASETS.TEST) + register_datasets_from_cfg(cfg)[1]
 
 
-def _load(name: str, policies: dict[str, Any]) -> list[dict]:
+def _load(name: str, policies: dict[str, Any], cache_dir: str | None = None, serialized: bool = False) -> list[dict] | SerializedList:
+    """Call the function registered as ``name``; the policies go to functions marked
+    ``accepts_policies``, ``cache_dir``/``serialized`` to those marked ``accepts_cache``."""
     func = DatasetCatalog.get_function(name)
-    dicts = func(**policies) if getattr(func, "accepts_policies", False) and policies else func()
-    if not isinstance(dicts, list):
+    kwargs = dict(policies) if getattr(func, "accepts_policies", False) else {}
+    if getattr(func, "accepts_cache", False):
+        kwargs.update(cache_dir=cache_dir, serialized=serialized)
+    dicts = func(**kwargs) if kwargs else func()
+    if not isinstance(dicts, (list, SerializedList)):
         raise DatasetError(f"The function registered for dataset '{name}' returned {type(dicts).__name__}; it must return a list of dicts.")
     return dicts
 
@@ -93,6 +101,22 @@ def _check_same_classes(names: Sequence[str]) -> None:
         raise DatasetError(f"Datasets {list(known)} have different class lists {known}; datasets used together must share classes.")
 
 
+def _policies(on_bad_annotation: str | None, on_bad_image: str | None, check_image_files: bool | None) -> dict[str, Any]:
+    given = {"on_bad_annotation": on_bad_annotation, "on_bad_image": on_bad_image, "check_image_files": check_image_files}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _names(names: str | Sequence[str]) -> list[str]:
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise DatasetError("No dataset given: set DATASETS.TRAIN (registered names) or DATASETS.TRAIN_JSON/TRAIN_IMAGES.")
+    return names
+
+
+def _non_empty(d: dict) -> bool:
+    return any(not a.get("iscrowd", 0) for a in d.get("annotations", []))
+
+
 def get_detection_dataset_dicts(
     names: str | Sequence[str],
     filter_empty: bool = False,
@@ -100,33 +124,73 @@ def get_detection_dataset_dicts(
     on_bad_annotation: str | None = None,
     on_bad_image: str | None = None,
     check_image_files: bool | None = None,
+    cache_dir: str | None = None,
 ) -> list[dict]:
     """Concatenate the dataset dicts of ``names``; ``filter_empty`` drops images without
-    (non-crowd) boxes. The policies, when given, override those of the registration."""
-    names = [names] if isinstance(names, str) else list(names)
-    if not names:
-        raise DatasetError("No dataset given: set DATASETS.TRAIN (registered names) or DATASETS.TRAIN_JSON/TRAIN_IMAGES.")
-    given = {"on_bad_annotation": on_bad_annotation, "on_bad_image": on_bad_image, "check_image_files": check_image_files}
-    policies = {k: v for k, v in given.items() if v is not None}
-    dicts = list(itertools.chain.from_iterable(_load(n, policies) for n in names))
+    (non-crowd) boxes. The policies, when given, override those of the registration;
+    ``cache_dir`` keeps validated COCO records there (see :func:`load_coco_json`)."""
+    names = _names(names)
+    policies = _policies(on_bad_annotation, on_bad_image, check_image_files)
+    dicts = list(itertools.chain.from_iterable(_load(n, policies, cache_dir) for n in names))
     _check_same_classes(names)
     if filter_empty:
         before = len(dicts)
-        dicts = [d for d in dicts if any(not a.get("iscrowd", 0) for a in d.get("annotations", []))]
+        dicts = [d for d in dicts if _non_empty(d)]
         logger.info("Removed %d images without annotations (DATALOADER.FILTER_EMPTY_ANNOTATIONS).", before - len(dicts))
     if not dicts:
         raise DatasetError(f"Datasets {names} contain no images (after filtering). Check the JSON files and policies.")
     return dicts
 
 
-def _dicts_from_cfg(cfg: Any, names: Sequence[str], filter_empty: bool) -> list[dict]:
-    return get_detection_dataset_dicts(
-        names,
-        filter_empty,
-        on_bad_annotation=check_policy(cfg.DATALOADER.ON_BAD_ANNOTATION, "DATALOADER.ON_BAD_ANNOTATION"),
-        on_bad_image=check_policy(cfg.DATALOADER.ON_BAD_IMAGE, "DATALOADER.ON_BAD_IMAGE"),
-        check_image_files=cfg.DATASETS.CHECK_IMAGE_FILES,
-    )
+def serialized_dataset_dicts(
+    names: str | Sequence[str],
+    filter_empty: bool = False,
+    *,
+    on_bad_annotation: str | None = None,
+    on_bad_image: str | None = None,
+    check_image_files: bool | None = None,
+    cache_dir: str | None = None,
+) -> SerializedList:
+    """:func:`get_detection_dataset_dicts` as one :class:`SerializedList`, built without a
+    list of every dict when the datasets are COCO files (their records come serialized,
+    from the cache when it is current)."""
+    names = _names(names)
+    policies = _policies(on_bad_annotation, on_bad_image, check_image_files)
+    parts = [_load(n, policies, cache_dir, serialized=True) for n in names]
+    _check_same_classes(names)
+    serial = [p for p in parts if isinstance(p, SerializedList)]
+    if len(serial) == len(parts) and len({p.codec for p in serial}) == 1:
+        dicts = serial[0] if len(serial) == 1 else SerializedList.concat(serial)
+    else:
+        dicts = SerializedList(itertools.chain.from_iterable(parts))
+    if filter_empty:
+        keep = [i for i, d in enumerate(dicts) if _non_empty(d)]
+        logger.info("Removed %d images without annotations (DATALOADER.FILTER_EMPTY_ANNOTATIONS).", len(dicts) - len(keep))
+        dicts = dicts.select(keep) if len(keep) < len(dicts) else dicts
+    if not len(dicts):
+        raise DatasetError(f"Datasets {names} contain no images (after filtering). Check the JSON files and policies.")
+    return dicts
+
+
+def _cache_dir(cfg: Any) -> str | None:
+    """``DATASETS.CACHE_DIR`` (or the default folder) when ``DATASETS.CACHE``, else None."""
+    return (cfg.DATASETS.CACHE_DIR or default_cache_dir()) if cfg.DATASETS.CACHE else None
+
+
+def _dicts_from_cfg(cfg: Any, names: Sequence[str], filter_empty: bool) -> SerializedList:
+    """The datasets of ``names`` as the loaders get them: loaded (validated, or read from
+    the cache) once, by rank 0, and sent to the other ranks (:func:`load_on_first_rank`)."""
+    def load() -> SerializedList:
+        return serialized_dataset_dicts(
+            names,
+            filter_empty,
+            on_bad_annotation=check_policy(cfg.DATALOADER.ON_BAD_ANNOTATION, "DATALOADER.ON_BAD_ANNOTATION"),
+            on_bad_image=check_policy(cfg.DATALOADER.ON_BAD_IMAGE, "DATALOADER.ON_BAD_IMAGE"),
+            check_image_files=cfg.DATASETS.CHECK_IMAGE_FILES,
+            cache_dir=_cache_dir(cfg),
+        )
+
+    return load_on_first_rank(load, names)
 
 
 def worker_init_reset_seed(worker_id: int) -> None:
@@ -213,6 +277,10 @@ class _MapStream(IterableDataset):
                 yield _refill(out, len(batch))
 
 
+def _serialized(dataset: Sequence[dict]) -> SerializedList:
+    return dataset if isinstance(dataset, SerializedList) else SerializedList(dataset)
+
+
 def _per_rank_batch(total: int) -> int:
     world = world_info()[1]
     if total <= 0 or total % world:
@@ -254,7 +322,7 @@ def build_detection_train_loader(
     mapper = mapper or DatasetMapper(cfg, is_train=True)
     sampler = TrainingSampler(len(dataset), seed=seed)
     rank = world_info()[0]
-    stream = _MapStream(SerializedList(dataset), mapper, sampler, batch, cfg.DATALOADER.ASPECT_RATIO_GROUPING, seed, rank, start_iter)
+    stream = _MapStream(_serialized(dataset), mapper, sampler, batch, cfg.DATALOADER.ASPECT_RATIO_GROUPING, seed, rank, start_iter)
     workers = cfg.DATALOADER.NUM_WORKERS
     loader = DataLoader(
         stream,
@@ -336,7 +404,7 @@ def build_detection_test_loader(
     sampler = InferenceSampler(len(dataset))
     batch_sampler = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=False)
     loader = DataLoader(
-        _MapDataset(SerializedList(dataset), mapper),
+        _MapDataset(_serialized(dataset), mapper),
         batch_sampler=batch_sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         collate_fn=_drop_none,

@@ -342,6 +342,7 @@ def register_coco_instances(
         return load_coco_json(json_file, image_root, name, **kwargs)
 
     load.accepts_policies = True  # type: ignore[attr-defined]
+    load.accepts_cache = True  # type: ignore[attr-defined]  # cache_dir=, serialized= (load_coco_json)
     DatasetCatalog.register(name, load)
     meta = MetadataCatalog.get(name)
     meta.set(json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata)

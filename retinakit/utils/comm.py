@@ -10,6 +10,8 @@ import torch.distributed as dist
 
 __all__ = [
     "all_gather",
+    "broadcast_array",
+    "broadcast_object",
     "gather",
     "get_local_rank",
     "get_local_size",
@@ -115,6 +117,29 @@ def gather(data: Any, dst: int = 0) -> list[Any]:
         return out
     dist.gather_object(data, None, dst=dst, group=group)
     return []
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every process (pickled; ``obj`` of the others is ignored).
+    Every process must call it."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, group=_cpu_group())
+    return box[0]
+
+
+def broadcast_array(array: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype, src: int = 0) -> np.ndarray:
+    """The numpy ``array`` of rank ``src`` on every process, received straight into a new
+    array of ``shape`` and ``dtype`` (no pickling, no intermediate copy: a gloo CPU
+    broadcast, also under NCCL). Every process must call it with the same shape and dtype."""
+    if get_world_size() == 1:
+        assert array is not None
+        return array
+    out = np.ascontiguousarray(array) if get_rank() == src else np.empty(shape, dtype=dtype)
+    if out.size:
+        dist.broadcast(torch.from_numpy(out.reshape(-1).view(np.uint8)), src=src, group=_cpu_group())
+    return out
 
 
 def reduce_dict(values: dict[str, torch.Tensor], average: bool = True) -> dict[str, torch.Tensor]:

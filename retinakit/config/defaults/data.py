@@ -53,6 +53,12 @@ def add_data_config(_C: CN) -> None:
     # Read every image header when a dataset is loaded: missing/unreadable files and sizes
     # that disagree with the JSON are caught before training starts (not only when decoded).
     _C.DATASETS.CHECK_IMAGE_FILES = True
+    # Keep the validated dataset dicts of each COCO JSON in a cache file, so that a later run
+    # (same JSON, image folder and validation options) skips parsing and probing; a changed
+    # JSON or image file makes the entry stale. With DDP, rank 0 loads and the others receive.
+    _C.DATASETS.CACHE = True
+    # Folder of that cache; "" is $RETINAKIT_CACHE_DIR, else ~/.cache/retinakit/datasets.
+    _C.DATASETS.CACHE_DIR = ""
 
     _C.DATALOADER = CN()
     # Worker processes per data loader (0: load in the main process).

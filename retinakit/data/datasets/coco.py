@@ -51,6 +51,7 @@ def _register(name: str, rel_json: str, rel_images: str) -> None:
         meta.json_file, meta.image_root = _paths(rel_json, rel_images)
 
     load.accepts_policies = True  # type: ignore[attr-defined]
+    load.accepts_cache = True  # type: ignore[attr-defined]  # cache_dir=, serialized= (load_coco_json)
     DatasetCatalog.register(name, load, override=True)
     MetadataCatalog.remove(name)
     meta = MetadataCatalog.get(name)

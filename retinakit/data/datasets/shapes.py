@@ -136,6 +136,7 @@ def register_shapes(name: str, spec: ShapesSpec, root: str | None = None) -> Non
         meta.json_file, meta.image_root = os.path.join(d, "annotations.json"), os.path.join(d, "images")
 
     load.accepts_policies = True  # type: ignore[attr-defined]
+    load.accepts_cache = True  # type: ignore[attr-defined]  # cache_dir=, serialized= (load_coco_json)
     DatasetCatalog.register(name, load, override=True)
     MetadataCatalog.remove(name)
     meta = MetadataCatalog.get(name)
