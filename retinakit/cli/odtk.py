@@ -348,7 +348,7 @@ def add_flags(parser: argparse.ArgumentParser, command: str) -> None:
         elif f.store_true:
             parser.add_argument(f.name, action="store_true", help=_help(f))
         else:
-            parser.add_argument(f.name, type=f.type, nargs=f.nargs, default=f.default, metavar=f.metavar,
+            parser.add_argument(f.name, type=f.type or str, nargs=f.nargs, default=f.default, metavar=f.metavar,
                                 required=f.required, help=_help(f))
 
 
