@@ -23,8 +23,6 @@ from .odtk import OdtkFlagError, flag_overrides
 
 __all__ = ["export_model", "precision_of", "run"]
 
-logger = logging.getLogger("retinakit.cli")
-
 ENGINE_EXTS = (".plan", ".engine")
 
 

@@ -9,7 +9,6 @@ over), as ODTK resumes from MODEL.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 from typing import Any
@@ -21,8 +20,6 @@ from .common import checkpoint_classes, flat, load_file, notice, print_equivalen
 from .odtk import flag_overrides
 
 __all__ = ["build_cfg", "run", "train_worker"]
-
-logger = logging.getLogger("retinakit.cli")
 
 
 def build_cfg(args: argparse.Namespace) -> CfgNode:

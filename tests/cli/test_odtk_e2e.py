@@ -65,7 +65,8 @@ def _iteration(path):
 
 
 def _check_detections(path, data):
-    rows = json.load(open(path))
+    with open(path) as f:
+        rows = json.load(f)
     assert rows, "no detections"
     images, cats = {im["id"] for im in data["images"]}, {c["id"] for c in data["categories"]}
     for r in rows:

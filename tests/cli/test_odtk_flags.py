@@ -208,3 +208,24 @@ def test_console_command_is_declared_and_runs():
     r = subprocess.run([sys.executable, "-m", "retinakit.cli", "export", "m.pth", "m.onnx", "--rotated-bbox"],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and r.stderr.strip().startswith("error: --rotated-bbox is not supported")
+
+
+def test_resume_rules(tmp_path, capsys):
+    """ODTK resumes when MODEL exists: from OUTPUT_DIR's last checkpoint, else from MODEL's
+    weights with a notice; --override starts over."""
+    from retinakit.cli.train import decide_resume
+
+    model = str(tmp_path / "m.pth")
+    argv = ["train", model, "--annotations", "a.json"]
+    args = build_parser().parse_args(argv)
+    assert decide_resume(build_cfg(args), args) is False  # MODEL missing: a new training
+    torch.save({}, model)
+    cfg = build_cfg(args)
+    assert decide_resume(cfg, args) is False and cfg.MODEL.WEIGHTS == model
+    out = capsys.readouterr().out
+    assert out.startswith("notice: ") and "starts from its weights at iteration 0" in out and len(out.splitlines()) == 1
+    os.makedirs(tmp_path / "m_logs")
+    (tmp_path / "m_logs" / "last_checkpoint").write_text("model_0000009.pth")
+    assert decide_resume(build_cfg(args), args) is True
+    args = build_parser().parse_args([*argv, "--override"])
+    assert decide_resume(build_cfg(args), args) is False
