@@ -84,11 +84,15 @@ class DeepStreamModule(nn.Module):
     float32 (``-1`` in padding rows), ``D = max_detections``, rows by decreasing score.
     """
 
+    postprocessor: Any  # an ExportablePostProcessor module
+    model: Any  # a RetinaNet-like module (preprocessor, forward_features)
+    channel_scale: Tensor
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.postprocessor = EndToEndModule(model).postprocessor  # checks that it is exportable
         self.model = model  # scope "model.backbone"/"model.head": what quantize_int8 treats as the trunk
-        self.net_scale_factor, factors = deepstream_scale(model.preprocessor.pixel_std.flatten().tolist())
+        self.net_scale_factor, factors = deepstream_scale(self.model.preprocessor.pixel_std.flatten().tolist())
         self.needs_channel_scale = any(f != 1.0 for f in factors)
         self.register_buffer("channel_scale", torch.tensor(factors, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
@@ -144,6 +148,8 @@ def export_deepstream_onnx(
             output_names=list(DEEPSTREAM_OUTPUTS), dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=1024)}},
             custom_translation_table=custom_translation_table(), optimize=True, verbose=False,
         )
+        if program is None:  # the dynamo exporter always returns a program; None is the legacy one's
+            raise RuntimeError("torch.onnx.export(dynamo=True) returned no program.")
         program.save(path)
     proto = onnx.load(path)
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
