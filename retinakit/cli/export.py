@@ -41,6 +41,10 @@ def _check(args: argparse.Namespace) -> str:
         from ..export import list_images
 
         list_images(args.calibration_images)  # missing or image-less folder: fail before exporting
+    if ext in ENGINE_EXTS:
+        from ..export._deps import require
+
+        require("tensorrt", f"the TensorRT engine {args.export}")  # before the slow export
     return ext
 
 

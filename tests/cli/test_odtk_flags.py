@@ -175,6 +175,19 @@ def test_bad_input_is_one_line(argv, needle, tmp_path, capsys, monkeypatch):
     assert len(err.splitlines()) == 1 and needle in err, err
 
 
+def test_engine_export_without_tensorrt_names_the_extra(tmp_path, capsys, monkeypatch):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed")
+    except ImportError:
+        pass
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "m.pth", "engine.plan"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install retinakit[tensorrt]" in err
+    assert os.listdir(tmp_path) == []  # before any work
+
+
 def test_retinakit_checkpoint_without_config_names_the_fix(tmp_path, capsys):
     torch.save({"model": {"head.cls_score.weight": torch.zeros(9, 1, 1, 1)}}, tmp_path / "m.pth")
     assert main(["infer", str(tmp_path / "m.pth"), "--images", str(tmp_path)]) == 2
