@@ -152,3 +152,30 @@ def test_class_names_that_do_not_fit_the_model(e2e_onnx, tmp_path):
     meta = dict(read_metadata(e2e_onnx), class_names=["a", "b"])
     with pytest.raises(ConfigError, match=r"2 class names but MODEL\.RETINANET\.NUM_CLASSES is 4"):
         write_triton_repository(str(tmp_path), e2e_onnx, meta=meta)
+
+
+def test_deploy_serves_the_lowest_precision_engine_else_fp32_onnx(random_setup, e2e_onnx, tmp_path):
+    """tools/deploy.py's choice: an engine when one was built (INT8 before FP16 before FP32, its IO
+    from its own ONNX), otherwise the FP32 ONNX even when FP16/INT8 ONNX models were written."""
+    import shutil
+
+    from retinakit.export.serving.bundle import triton_bundle
+
+    cfg, _ = random_setup
+    files = {}
+    for name in ("model.onnx", "model_fp16.onnx", "model_int8.onnx", "model.plan", "model_int8.plan"):
+        files[name] = str(tmp_path / name)
+        if name.endswith(".onnx"):
+            shutil.copyfile(e2e_onnx, files[name])
+        else:
+            with open(files[name], "wb") as f:
+                f.write(name.encode())
+    onnx_only = [("fp32", files["model.onnx"]), ("fp16", files["model_fp16.onnx"]), ("int8", files["model_int8.onnx"])]
+    parse_config(triton_bundle(cfg, onnx_only, str(tmp_path / "a")))
+    assert filecmp.cmp(tmp_path / "a" / "retinakit" / "1" / "model.onnx", e2e_onnx, shallow=False)
+    with_engines = [*onnx_only, ("fp32", files["model.plan"]), ("int8", files["model_int8.plan"])]
+    c = parse_config(triton_bundle(cfg, with_engines, str(tmp_path / "b"), name="rk", max_batch_size=8))
+    assert (c.name, c.platform, c.max_batch_size) == ("rk", "tensorrt_plan", 8)
+    assert (tmp_path / "b" / "rk" / "1" / "model.plan").read_bytes() == b"model_int8.plan"
+    with pytest.raises(ConfigError, match=r"EXPORT\.TENSORRT\.BATCH"):
+        triton_bundle(cfg, with_engines, str(tmp_path / "c"), max_batch_size=int(cfg.EXPORT.TENSORRT.BATCH[2]) + 1)
