@@ -167,6 +167,8 @@ def _photometric(key: str) -> Callable[[Any, argparse.Namespace], Overrides]:
 
 
 def _val_images(v: Any, a: argparse.Namespace) -> Overrides:
+    if v and not a.val_annotations:
+        raise OdtkFlagError("--val-images needs --val-annotations (validation runs on an annotated set); add it or drop --val-images.")
     return [("DATASETS.TEST_IMAGES", v or a.images)] if a.val_annotations else []
 
 

@@ -99,10 +99,24 @@ def _guarded(cfg: CfgNode, resume: bool, model_path: str) -> Any:
         raise SystemExit(EXIT_USER_ERROR) from e
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """Files and folders the flags name exist (before any work)."""
+    from .odtk import OdtkFlagError
+
+    files = [("--annotations", args.annotations), ("--val-annotations", args.val_annotations), ("--fine-tune", args.fine_tune)]
+    for flag, path in files:
+        if path and "://" not in path and not os.path.isfile(path):
+            raise OdtkFlagError(f"{flag} {path}: no such file.")
+    for flag, path in (("--images", args.images), ("--val-images", args.val_images)):
+        if path and not os.path.isdir(path):
+            raise OdtkFlagError(f"{flag} {path}: no such folder.")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..engine import launch
 
     cfg = build_cfg(args)
+    check_inputs(args)
     resume = decide_resume(cfg, args)
     fine_tune_notice(cfg, args.fine_tune or "")
     side = write_config(cfg, sidecar_config(args.model))
