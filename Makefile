@@ -83,9 +83,18 @@ DEVICE_WHEELS ?= ../shared/device-wheels
 GPU_CHECK_WHEELS ?= .device-wheels
 GPU_PYTHON ?= python3
 
+# Runtime dependencies that neither the GPU machine's image nor $(DEVICE_WHEELS) holds: downloaded
+# here (PyPI is reachable here, not there) as cp312 manylinux wheels, unless one is already there.
+DEVICE_DOWNLOAD ?= msgspec
+
 gpu-check-prepare:
 	@test -d "$(DEVICE_WHEELS)" || { echo "gpu-check-prepare: no folder $(DEVICE_WHEELS); give DEVICE_WHEELS=<folder of cp312 wheels>"; exit 2; }
 	mkdir -p "$(GPU_CHECK_WHEELS)" && cp "$(DEVICE_WHEELS)"/*.whl "$(GPU_CHECK_WHEELS)"/
+	@for pkg in $(DEVICE_DOWNLOAD); do \
+	  ls "$(GPU_CHECK_WHEELS)" | grep -qi "^$$pkg-" || $(PYTHON) -m pip download -q --no-deps --only-binary=:all: \
+	    --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	    --platform manylinux2014_x86_64 -d "$(GPU_CHECK_WHEELS)" "$$pkg" || exit 1; \
+	done
 
 gpu-check:
 	$(GPU_PYTHON) tools/gpu_check.py --output "$${OUT:-output/gpu_check}"

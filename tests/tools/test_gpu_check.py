@@ -104,7 +104,8 @@ def test_make_gpu_check_prepare_copies_the_wheels(tmp_path):
     src, dst = tmp_path / "wheels", tmp_path / "dst"
     src.mkdir()
     (src / "a-1.0-py3-none-any.whl").write_bytes(b"x")
-    out = subprocess.run(["make", "-s", "gpu-check-prepare", f"DEVICE_WHEELS={src}", f"GPU_CHECK_WHEELS={dst}"],
+    out = subprocess.run(["make", "-s", "gpu-check-prepare", f"DEVICE_WHEELS={src}", f"GPU_CHECK_WHEELS={dst}",
+                          "DEVICE_DOWNLOAD="],  # no download in tests
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert sorted(os.listdir(dst)) == ["a-1.0-py3-none-any.whl"]
