@@ -16,7 +16,7 @@ import torch
 
 from ..export.detections import coco_summary, detect_folder, write_results
 from .common import PTH_EXTS, flat, model_cfg, notice, print_equivalent, write_config
-from .odtk import flag_overrides, odtk_batch
+from .odtk import OdtkFlagError, flag_overrides, odtk_batch
 
 __all__ = ["load", "run"]
 
@@ -39,6 +39,8 @@ def load(args: argparse.Namespace) -> tuple[Any, list[str]]:
 
     ext = os.path.splitext(args.model)[1].lower()
     if ext not in PTH_EXTS:  # exported: the metadata inside says how to preprocess
+        if args.opts or args.config_file:
+            raise OdtkFlagError(f"--opts/--config-file apply to .pth models; '{args.model}' carries the config it was exported with.")
         device = "cpu" if ext == ".onnx" else "cuda"
         predictor = load_predictor(args.model, device=device)
         _resize_meta(predictor, args)
@@ -60,8 +62,6 @@ def run(args: argparse.Namespace) -> int:
         notice("--with-dali has no effect on inference: the predictor decodes and resizes the images itself.")
     batch = odtk_batch() if args.batch is None else args.batch
     if batch < 1:
-        from .odtk import OdtkFlagError
-
         raise OdtkFlagError(f"--batch must be >= 1, got {batch}.")
     predictor, tool_args = load(args)
     print_equivalent(["tools/infer.py", *tool_args, "--images", args.images, "--output", args.output, "--batch-size", str(batch),

@@ -170,6 +170,8 @@ def test_with_apex_says_native_amp_is_the_default(capsys):
     (["train", "m.pth", "--annotations", os.path.join(REPO, "setup.py"), "--images", REPO, "--fine-tune", "odtk.pth"],
      "--fine-tune odtk.pth: no such file"),
     (["export", "m.pth", "out.trt"], "must end in .onnx"),
+    (["infer", "m.onnx", "--opts", "MODEL.DEVICE", "cpu"], "--opts/--config-file apply to .pth models"),
+    (["infer", "m.pth", "--batch", "0"], "--batch must be >= 1"),
     (["export", "m.pth", "out.plan", "--int8"], "--int8 needs --calibration-images"),
     (["infer", "missing.pth"], "does not exist"),
 ])
