@@ -317,7 +317,9 @@ class BestCheckpointer(HookBase):
             return True
         return value > self.best if self.mode == "max" else value < self.best
 
-    def _check(self, it: int) -> None:
+    def _check(self, it: int, completed: int) -> None:
+        """Save when the metric logged at storage iteration ``it`` is a new best; the checkpoint
+        records ``completed``, the last completed iteration (a resume starts after it)."""
         latest = self.trainer.storage.latest().get(self.metric)
         if latest is None:
             return
@@ -326,16 +328,19 @@ class BestCheckpointer(HookBase):
             return
         self._seen_iter = logged_at
         if self._better(value):
-            self.best, self.best_iter = value, it
-            logger.info(f"New best {self.metric} = {value:.4f} at iteration {it}; saving model_best")
-            self.checkpointer.save("model_best", iteration=it, best_metric=value)
+            self.best, self.best_iter = value, completed
+            logger.info(f"New best {self.metric} = {value:.4f} at iteration {completed}; saving model_best")
+            self.checkpointer.save("model_best", iteration=completed, best_metric=value)
 
     def after_step(self) -> None:
-        self._check(self.trainer.iter)
+        self._check(self.trainer.iter, self.trainer.iter)
 
     def after_train(self) -> None:
+        # The final evaluation is logged at max_iter, but the last completed iteration is
+        # max_iter - 1: model_best (which becomes last_checkpoint) must say so, or a resume
+        # with a longer schedule would skip an iteration.
         if self.trainer.completed:
-            self._check(self.trainer.iter)
+            self._check(self.trainer.iter, self.trainer.iter - 1)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_iter": self.best_iter}

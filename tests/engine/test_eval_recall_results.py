@@ -7,6 +7,8 @@ import json
 import os
 from typing import Any
 
+import sys
+
 import pytest
 import torch
 from _engine_trainer import DummyTrainer, tiny_cfg
@@ -86,6 +88,22 @@ def test_ap_still_decides_the_best_checkpoint(tmp_path):
     assert len(aps) == 3 and aps[0] == aps[1] == aps[2] > 0  # the small box's score does not change the ranking
     best = torch.load(tmp_path / "out" / "model_best.pth", weights_only=True)
     assert best["iteration"] == 1 and best["best_metric"] == aps[0]
+
+
+def test_best_at_the_final_evaluation_resumes_after_the_last_iteration(tmp_path, monkeypatch):
+    """The final evaluation is logged at max_iter; model_best (then last_checkpoint) must record
+    the last completed iteration, max_iter - 1, so that a resume runs no iteration twice or never."""
+    monkeypatch.setattr(sys.modules[__name__], "SMALL_SCORES", [0.1, 0.2, 0.4])  # the final one is best
+    _train(tmp_path, TEST__BEST_METRIC="bbox/recall/0.3/small")
+    out = tmp_path / "out"
+    best = torch.load(out / "model_best.pth", weights_only=True)
+    final = torch.load(out / "model_final.pth", weights_only=True)
+    assert best["best_metric"] == 1.0 and best["iteration"] == final["iteration"] == 5
+    assert (out / "last_checkpoint").read_text().strip() == "model_best.pth"
+    cfg = tiny_cfg(str(out), SOLVER__MAX_ITER=8, TEST__EVAL_PERIOD=0, SOLVER__CHECKPOINT_PERIOD=0)
+    trainer = RecallTrainer(cfg)
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == 6
 
 
 @pytest.mark.parametrize(
