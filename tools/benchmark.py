@@ -3,6 +3,7 @@
 
     python tools/benchmark.py postprocess [--batch-sizes 1 8] [--json out.json]
     python tools/benchmark.py data --config-file CFG
+    python tools/benchmark.py data-load [--images N --annotations M] [--ddp-memory]
     python tools/benchmark.py train --config-file CFG
     python tools/benchmark.py inference [--config-file CFG]
     python tools/benchmark.py levels [--sizes 512x512 800x1333] [--levels p3-p7 p2-p7]
@@ -18,7 +19,7 @@ import importlib
 import os
 import sys
 
-SUBCOMMANDS = ("postprocess", "data", "train", "inference", "backbones", "levels", "small-objects")
+SUBCOMMANDS = ("postprocess", "data", "data-load", "train", "inference", "backbones", "levels", "small-objects")
 
 
 def main(argv=None) -> int:

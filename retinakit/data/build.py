@@ -87,7 +87,7 @@ def _load(name: str, policies: dict[str, Any], cache_dir: str | None = None, ser
     func = DatasetCatalog.get_function(name)
     kwargs = dict(policies) if getattr(func, "accepts_policies", False) else {}
     if getattr(func, "accepts_cache", False):
-        kwargs.update(cache_dir=cache_dir, serialized=serialized)
+        kwargs.update({"serialized": serialized, **({"cache_dir": cache_dir} if cache_dir else {})})
     dicts = func(**kwargs) if kwargs else func()
     if not isinstance(dicts, (list, SerializedList)):
         raise DatasetError(f"The function registered for dataset '{name}' returned {type(dicts).__name__}; it must return a list of dicts.")
@@ -253,7 +253,7 @@ class _MapStream(IterableDataset):
     ) -> None:
         self.dataset, self.mapper, self.sampler = dataset, mapper, sampler
         self.batch_size, self.group, self.seed, self.rank, self.start_iter = batch_size, group, seed, rank, start_iter
-        self.portrait = np.array(portrait_flags([dataset[i] for i in range(len(dataset))]), dtype=bool)
+        self.portrait = np.array(portrait_flags(dataset), dtype=bool)  # one dict decoded at a time
 
     def __iter__(self) -> Iterator[list[dict]]:
         info = get_worker_info()

@@ -323,6 +323,7 @@ def register_coco_instances(
     on_bad_annotation: str = "error",
     on_bad_image: str = "error",
     check_image_files: bool = True,
+    cache_dir: str | None = None,
 ) -> None:
     """Register a COCO detection dataset as ``name`` in DatasetCatalog and MetadataCatalog.
 
@@ -330,14 +331,19 @@ def register_coco_instances(
     metadata gets ``json_file``, ``image_root``, ``evaluator_type="coco"`` plus ``metadata``,
     and ``thing_classes`` / ``thing_dataset_id_to_contiguous_id`` are read from the JSON's
     categories on first access. Policies can also be given per call (the config's
-    ``DATALOADER.ON_BAD_*`` override them in ``get_detection_dataset_dicts``).
+    ``DATALOADER.ON_BAD_*`` override them in ``get_detection_dataset_dicts``). ``cache_dir``:
+    ``DatasetCatalog.get(name)`` keeps the validated dicts there (see :func:`load_coco_json`;
+    the loaders built from a config use ``DATASETS.CACHE_DIR``).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"register_coco_instances: name must be a non-empty string, got {name!r}.")
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
 
     def load(**overrides: Any) -> list[dict]:
-        kwargs = {"on_bad_annotation": on_bad_annotation, "on_bad_image": on_bad_image, "check_image_files": check_image_files}
+        kwargs = {
+            "on_bad_annotation": on_bad_annotation, "on_bad_image": on_bad_image, "check_image_files": check_image_files,
+            "cache_dir": cache_dir,
+        }
         kwargs.update(overrides)
         return load_coco_json(json_file, image_root, name, **kwargs)
 

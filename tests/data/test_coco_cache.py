@@ -187,3 +187,17 @@ def test_entry_path_depends_on_key(tmp_path):
     a = entry_path(str(tmp_path), {"json_file": "/d/train.json", "image_root": "/d/img"})
     b = entry_path(str(tmp_path), {"json_file": "/d/train.json", "image_root": "/e/img"})
     assert a != b and os.path.basename(a).startswith("train-")
+
+
+def test_registered_dataset_uses_its_cache_dir(tmp_path, monkeypatch):
+    from retinakit.data import DatasetCatalog, MetadataCatalog, register_coco_instances
+
+    js = make_coco(str(tmp_path))
+    calls = _count_validations(monkeypatch)
+    register_coco_instances("cache_reg_ds", {}, js, str(tmp_path / "img"), cache_dir=str(tmp_path / "cache"))
+    try:
+        assert DatasetCatalog.get("cache_reg_ds") == DatasetCatalog.get("cache_reg_ds")
+        assert len(calls) == 1 and len(os.listdir(tmp_path / "cache")) == 1
+    finally:
+        DatasetCatalog.remove("cache_reg_ds")
+        MetadataCatalog.remove("cache_reg_ds")
