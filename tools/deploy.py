@@ -18,7 +18,12 @@ per ONNX model except the Winograd one. --verify evaluates every artefact
 PyTorch model on the validation set and prints backend, precision, latency, AP, ΔAP and
 the largest box difference; it also writes DIR/verify.json. An INT8 model whose AP is more
 than --max-ap-drop (relative, default EXPORT.INT8.MAX_RELATIVE_AP_DROP = 1%) below the
-PyTorch AP fails the run (exit code 1). Bad inputs exit with code 2 and one message.
+PyTorch AP fails the run (exit code 1), unless the sensitivity search
+(EXPORT.INT8.SENSITIVITY, on by default) finds layers whose FP32 precision brings it within
+budget: then DIR/model_int8.onnx is that mixed-precision model (the all-INT8 one is kept as
+DIR/model_int8_plain.onnx) and the layers, their AP and the latency cost are printed and written
+to verify.json ("int8_search"); when no candidate meets the budget, the best one is written to
+DIR/model_int8_mixed.onnx and the run still fails. Bad inputs exit with code 2 and one message.
 
 --triton-repo DIR writes a Triton model repository, DIR/NAME/{config.pbtxt, labels.txt,
 1/model.onnx or 1/model.plan} (the engine of the lowest precision built, else the FP32 ONNX).
@@ -111,8 +116,8 @@ def _setup_cfg(args: argparse.Namespace) -> Any:
     return cfg
 
 
-def export_all(args: argparse.Namespace, cfg: Any, model: Any) -> list[tuple]:
-    """Write the ONNX artefacts; returns ``[(precision, path)]``."""
+def export_all(args: argparse.Namespace, cfg: Any, model: Any) -> tuple:
+    """Write the ONNX artefacts; returns ``([(precision, path)], calibration inputs or None)``."""
     from retinakit.export import (
         calibration_arrays,
         convert_fp16,
@@ -156,7 +161,7 @@ def export_all(args: argparse.Namespace, cfg: Any, model: Any) -> list[tuple]:
         quantize_int8(fp32, path, calibration_data=data, method=method, percentile=cfg.EXPORT.INT8.PERCENTILE, cache_path=cache,
                       exclude=list(cfg.EXPORT.INT8.EXCLUDE))
         out.append(("int8", path))
-    return out
+    return out, data
 
 
 def _check_tensorrt_limits(cfg: Any, model: Any) -> None:
@@ -207,37 +212,154 @@ def build_engines(args: argparse.Namespace, cfg: Any, onnx_files: list[tuple], d
     return engines
 
 
-def verify(args: argparse.Namespace, cfg: Any, model: Any, artefacts: list[tuple]) -> int:
+def verify_onnx(args: argparse.Namespace, cfg: Any, model: Any, onnx_files: list[tuple], data: Any) -> tuple:
+    """Evaluate PyTorch and every ONNX artefact on the validation set; an INT8 model over the AP
+    budget triggers the sensitivity search (``EXPORT.INT8.SENSITIVITY``), which may replace
+    ``model_int8.onnx`` by a mixed-precision one. Returns ``(val, results, onnx_files, search_report)``."""
     from retinakit.data import build_inference_preprocess
-    from retinakit.export import Predictor, load_predictor
+    from retinakit.export import Predictor
     from retinakit.export.predictor import TorchBackend
-    from retinakit.export.verify import (
-        evaluate,
-        format_table,
-        load_valset,
-        max_box_diff,
-    )
+    from retinakit.export.verify import evaluate, load_valset
 
     val = load_valset(args.val_images, args.val_annotations, args.max_val_images)
     logger.info(f"Verifying on {len(val.files)} images of {args.val_annotations}")
     ref = evaluate(Predictor(TorchBackend(model), build_inference_preprocess(cfg)), val)
-    results = [ref]
-    for precision, path in artefacts:
-        r = evaluate(load_predictor(path), val)
-        r.precision = precision
-        r.delta_ap = r.ap - ref.ap
-        r.max_box_diff = max_box_diff(ref.detections, r.detections)
-        results.append(r)
-    tol = cfg.EXPORT.INT8.MAX_RELATIVE_AP_DROP if args.max_ap_drop is None else args.max_ap_drop
+    results = [ref] + [_evaluate_artefact(precision, path, ref, val) for precision, path in onnx_files]
+    tol = _tolerance(args, cfg)
+    search = None
+    plain = next((r for r in results if r.precision == "int8"), None)
+    if plain is not None and plain.ap < ref.ap * (1.0 - tol) and cfg.EXPORT.INT8.SENSITIVITY.ENABLED:
+        search, onnx_files = int8_search(args, cfg, model, onnx_files, data, val, ref, plain, tol)
+        results += search_rows(search)
+        results.sort(key=lambda r: r.precision == "int8-plain")  # the deliverable first
+    return val, results, onnx_files, search
+
+
+def _tolerance(args: argparse.Namespace, cfg: Any) -> float:
+    return float(cfg.EXPORT.INT8.MAX_RELATIVE_AP_DROP if args.max_ap_drop is None else args.max_ap_drop)
+
+
+def _evaluate_artefact(precision: str, path: str, ref: Any, val: Any) -> Any:
+    from retinakit.export import load_predictor
+    from retinakit.export.verify import evaluate, max_box_diff
+
+    r = evaluate(load_predictor(path), val)
+    r.precision = precision
+    r.delta_ap = r.ap - ref.ap
+    r.max_box_diff = max_box_diff(ref.detections, r.detections)
+    return r
+
+
+def int8_search(args: argparse.Namespace, cfg: Any, model: Any, onnx_files: list[tuple], data: Any, val: Any, ref: Any,
+                plain: Any, tol: float) -> tuple:
+    """Keep the most INT8-sensitive layers in FP32 until the INT8 AP is within ``tol`` of PyTorch's.
+
+    On success ``model_int8.onnx`` becomes the mixed-precision model (the fully quantized one is
+    kept as ``model_int8_plain.onnx``); otherwise the best candidate is ``model_int8_mixed.onnx``.
+    """
+    from retinakit.export import calibration_arrays
+    from retinakit.export.sensitivity import mixed_precision_int8
+
+    s = cfg.EXPORT.INT8.SENSITIVITY
+    fp32 = dict(onnx_files)["fp32"]
+    int8 = dict(onnx_files)["int8"]
+    n = max(1, int(s.NUM_IMAGES))
+    div = int(getattr(model.backbone, "size_divisibility", 32) or 32)
+    inputs = {k: v[:n] for k, v in data.items()} if data is not None else calibration_arrays(cfg, args.val_images, n, div)
+    logger.info(f"INT8 AP {plain.ap:.2f} misses the budget ({ref.ap * (1 - tol):.2f}): ranking layers by INT8 sensitivity "
+                f"on {len(inputs['images'])} images, then keeping up to {s.MAX_LAYERS} in FP32")
+    cache = args.calibration_cache or os.path.join(args.output, "calibration.cache")
+    method = args.calibration_method or cfg.EXPORT.INT8.CALIBRATION_METHOD
+
+    def accept(path: str) -> tuple:
+        r = _evaluate_artefact("int8-mixed", path, ref, val)
+        return r.ap >= ref.ap * (1.0 - tol), r
+
+    mixed = os.path.join(args.output, "model_int8_mixed.onnx")
+    report = mixed_precision_int8(fp32, int8, mixed, cache_path=cache, method=method, inputs=inputs, accept=accept,
+                                  max_layers=int(s.MAX_LAYERS), exclude=list(cfg.EXPORT.INT8.EXCLUDE), score=lambda r: r.ap)
+    files = list(onnx_files)
+    if report.search.met:  # the mixed model is the INT8 deliverable ("int8": engines, serving bundles)
+        plain_path = os.path.join(args.output, "model_int8_plain.onnx")
+        os.replace(int8, plain_path)
+        os.replace(mixed, int8)
+        report.path = int8
+        files.append(("int8-plain", plain_path))
+        plain.precision = "int8-plain"
+        report.search.best.info.precision = "int8"
+    elif report.path:
+        files.append(("int8-mixed", mixed))
+    _print_search(report, plain, ref, tol)
+    return report, files
+
+
+def search_rows(report: Any) -> list:
+    """The verification row of the search's best candidate (none when nothing was tried)."""
+    best = report.search.best
+    if best is None:
+        return []
+    r = best.info
+    r.status = f"{'ok' if report.search.met else 'best found'}: {len(best.excluded)} layer(s) in FP32"
+    return [r]
+
+
+def _print_search(report: Any, plain: Any, ref: Any, tol: float) -> None:
+    rows = report.ranking[:8]
+    print(f"INT8 sensitivity (trunk output error, all layers INT8: {report.error_int8:.4f}; with one layer in FP32):")
+    for x in rows:
+        print(f"  {x.layer:<45} {x.error:.4f}  ({len(x.nodes)} node{'s' if len(x.nodes) > 1 else ''})")
+    best = report.search.best
+    if best is None:
+        print("INT8 sensitivity search: no layer lowers the output error when kept in FP32; budget not met.")
+        return
+    r = best.info
+    cost = (r.latency_ms / plain.latency_ms - 1.0) * 100.0 if plain.latency_ms > 0 else float("nan")
+    verdict = "meets" if report.search.met else f"does NOT meet (budget AP >= {ref.ap * (1 - tol):.2f}; best found)"
+    print(f"INT8 mixed precision {verdict}: kept in FP32: {', '.join(best.excluded)}; AP {r.ap:.2f} "
+          f"(all-INT8 {plain.ap:.2f}, PyTorch {ref.ap:.2f}); ONNX Runtime latency {r.latency_ms:.1f} ms/img "
+          f"vs {plain.latency_ms:.1f} all-INT8 ({cost:+.1f}%)")
+
+
+def _search_json(report: Any, results: list) -> dict:
+    from retinakit.export.sensitivity import layer_pattern
+
+    lat = {r.precision: r.latency_ms for r in results if r.backend == "onnxruntime"}
+    best = report.search.best
+    return {
+        "met": report.search.met,
+        "fp32_layers": best.excluded if best else [],
+        "exclude_patterns": [layer_pattern(x) for x in best.excluded] if best else [],
+        "error_all_int8": report.error_int8,
+        "ranking": [{"layer": x.layer, "nodes": x.nodes, "error_with_layer_fp32": x.error} for x in report.ranking],
+        "steps": [{"fp32_layers": st.excluded, "ok": st.ok, "ap": st.info.ap, "latency_ms": st.info.latency_ms}
+                  for st in report.search.steps],
+        # ONNX Runtime latency (ms/img) of the all-INT8 model and of the best mixed one
+        "latency_ms": {"all_int8": lat.get("int8-plain" if report.search.met else "int8"),
+                       "mixed": lat.get("int8" if report.search.met else "int8-mixed")},
+        "path": report.path,
+    }
+
+
+def finish_verify(args: argparse.Namespace, cfg: Any, results: list, search: Any) -> int:
+    """Mark INT8 rows over budget, print the table, write DIR/verify.json; exit code."""
+    from retinakit.export.verify import format_table
+
+    ref = results[0]
+    tol = _tolerance(args, cfg)
     failed = False
     for r in results[1:]:
-        if r.precision == "int8" and r.ap < ref.ap * (1.0 - tol):
+        if r.precision == "int8-plain":  # the all-INT8 model the search replaced
+            r.status = f"over budget (> {tol:.1%}): replaced by the mixed-precision int8"
+        elif r.precision in ("int8", "int8-mixed") and r.ap < ref.ap * (1.0 - tol):
             r.status = f"FAILED (AP drop > {tol:.1%} relative)"
             failed = True
     print(format_table(results))
     rows = [{k: v for k, v in vars(r).items() if k != "detections"} for r in results]
+    out = {"max_relative_ap_drop": tol, "results": rows}
+    if search is not None:
+        out["int8_search"] = _search_json(search, results)
     with open(os.path.join(args.output, "verify.json"), "w") as f:
-        json.dump({"max_relative_ap_drop": tol, "results": rows}, f, indent=2)
+        json.dump(out, f, indent=2)
     return EXIT_FAILED_CHECK if failed else 0
 
 
@@ -246,6 +368,8 @@ def run(args: argparse.Namespace) -> int:
 
     _check_args(args)
     cfg = _setup_cfg(args)
+    if args.verify and cfg.EXPORT.MODE != "e2e":
+        raise UserError("--verify needs the end-to-end export (--mode e2e).")
     model = load_model(cfg, args.weights)
     if args.deepstream:  # a bad EXPORT.DEEPSTREAM.INPUT_SIZE fails before the slow exports
         from retinakit.export.serving.bundle import deepstream_input_size
@@ -253,20 +377,25 @@ def run(args: argparse.Namespace) -> int:
         deepstream_input_size(cfg, model)
     if args.tensorrt:
         _check_tensorrt_limits(cfg, model)
-    onnx_files = export_all(args, cfg, model)
+    onnx_files, data = export_all(args, cfg, model)
+    results, search = [], None
+    if args.verify:
+        val, results, onnx_files, search = verify_onnx(args, cfg, model, onnx_files, data)
     artefacts = list(onnx_files)
     div = int(getattr(model.backbone, "size_divisibility", 32) or 32)
     if args.tensorrt:
-        # The Winograd graph is for ONNX Runtime on CPU; TensorRT picks its own convolution kernels.
-        engines = build_engines(args, cfg, [f for f in onnx_files if f[0] != "fp32-winograd"], div)
+        # The Winograd graph is for ONNX Runtime on CPU; TensorRT picks its own convolution kernels;
+        # the all-INT8 model that the sensitivity search replaced is not built.
+        skip = ("fp32-winograd", "int8-plain")
+        engines = build_engines(args, cfg, [f for f in onnx_files if f[0] not in skip], div)
         artefacts += engines
+        if args.verify:
+            results += [_evaluate_artefact(p, path, results[0], val) for p, path in engines]
     artefacts += write_serving(args, cfg, model, artefacts)
     for precision, path in artefacts:
         print(f"wrote {path} ({precision})")
     if args.verify:
-        if cfg.EXPORT.MODE != "e2e":
-            raise UserError("--verify needs the end-to-end export (--mode e2e).")
-        return verify(args, cfg, model, artefacts)
+        return finish_verify(args, cfg, results, search)
     return 0
 
 
