@@ -103,6 +103,41 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError("--deepstream with --int8 calibrates the DeepStream graph itself: it needs --calibration-images DIR.")
 
 
+def _check_int8_options(args: argparse.Namespace, cfg: Any) -> None:
+    """Combinations of INT8 flags/keys that cannot work: one message before the slow export."""
+    from retinakit.config import ConfigError
+    from retinakit.export import CALIBRATION_METHODS
+    from retinakit.export.quantize_ort import ORT_CALIBRATION_METHODS
+
+    i8 = cfg.EXPORT.INT8
+    method = args.calibration_method or i8.CALIBRATION_METHOD
+    given = [f for f, v in (("--calibration-images", args.calibration_images), ("--calibration-cache", args.calibration_cache),
+                            ("--calibration-method", args.calibration_method),
+                            ("--num-calibration-images", args.num_calibration_images is not None)) if v]
+    if given and not args.int8:
+        raise UserError(f"{', '.join(given)} only apply to INT8: add --int8 (or drop them).")
+    if args.num_calibration_images is not None and args.num_calibration_images < 0:
+        raise UserError(f"--num-calibration-images must be >= 0 (0 = all images), got {args.num_calibration_images}.")
+    tol = i8.MAX_RELATIVE_AP_DROP if args.max_ap_drop is None else args.max_ap_drop
+    if not 0.0 <= float(tol) < 1.0:
+        raise UserError(f"--max-ap-drop / EXPORT.INT8.MAX_RELATIVE_AP_DROP is a relative AP drop in [0, 1) (0.01 = 1%), got {tol}.")
+    if not args.int8:
+        return
+    if method not in CALIBRATION_METHODS:
+        raise ConfigError(f"EXPORT.INT8.CALIBRATION_METHOD must be one of {CALIBRATION_METHODS}, got {method!r}.")
+    if method == "percentile" and not 0.0 < float(i8.PERCENTILE) <= 100.0:
+        raise ConfigError(f"EXPORT.INT8.PERCENTILE must be in (0, 100] (e.g. 99.999), got {i8.PERCENTILE}.")
+    if int(i8.SENSITIVITY.MAX_LAYERS) < 0 or int(i8.SENSITIVITY.NUM_IMAGES) < 1:
+        raise ConfigError("EXPORT.INT8.SENSITIVITY.MAX_LAYERS must be >= 0 and EXPORT.INT8.SENSITIVITY.NUM_IMAGES >= 1, "
+                          f"got {i8.SENSITIVITY.MAX_LAYERS} and {i8.SENSITIVITY.NUM_IMAGES}.")
+    if i8.ORT_CPU_MODEL and not args.calibration_images:
+        raise UserError("EXPORT.INT8.ORT_CPU_MODEL calibrates its own ranges: it needs --calibration-images DIR "
+                        "(a calibration cache holds TensorRT-style scales only).")
+    if i8.ORT_CPU_MODEL and method not in ORT_CALIBRATION_METHODS:
+        raise ConfigError(f"EXPORT.INT8.ORT_CPU_MODEL calibrates with min/max only: use --calibration-method max "
+                          f"(got {method!r}), or set EXPORT.INT8.ORT_CPU_MODEL False.")
+
+
 def _setup_cfg(args: argparse.Namespace) -> Any:
     from retinakit.config import get_cfg
 
@@ -161,7 +196,18 @@ def export_all(args: argparse.Namespace, cfg: Any, model: Any) -> tuple:
         quantize_int8(fp32, path, calibration_data=data, method=method, percentile=cfg.EXPORT.INT8.PERCENTILE, cache_path=cache,
                       exclude=list(cfg.EXPORT.INT8.EXCLUDE))
         out.append(("int8", path))
+        if cfg.EXPORT.INT8.ORT_CPU_MODEL:
+            out.append(("int8-ort", _ort_cpu_int8(args, cfg, fp32, data, method)))
     return out, data
+
+
+def _ort_cpu_int8(args: argparse.Namespace, cfg: Any, fp32: str, data: Any, method: str) -> str:
+    """DIR/model_int8_ort.onnx (EXPORT.INT8.ORT_CPU_MODEL): the INT8 layout ONNX Runtime on CPU runs fast."""
+    from retinakit.export.quantize_ort import quantize_int8_ort
+
+    path = os.path.join(args.output, "model_int8_ort.onnx")
+    logger.info(f"INT8 for ONNX Runtime CPU (QLinearConv layout): {path}")
+    return quantize_int8_ort(fp32, path, calibration_data=data, method=method, exclude=list(cfg.EXPORT.INT8.EXCLUDE))
 
 
 def _check_tensorrt_limits(cfg: Any, model: Any) -> None:
@@ -350,7 +396,7 @@ def finish_verify(args: argparse.Namespace, cfg: Any, results: list, search: Any
     for r in results[1:]:
         if r.precision == "int8-plain":  # the all-INT8 model the search replaced
             r.status = f"over budget (> {tol:.1%}): replaced by the mixed-precision int8"
-        elif r.precision in ("int8", "int8-mixed") and r.ap < ref.ap * (1.0 - tol):
+        elif r.precision in ("int8", "int8-mixed", "int8-ort") and r.ap < ref.ap * (1.0 - tol):
             r.status = f"FAILED (AP drop > {tol:.1%} relative)"
             failed = True
     print(format_table(results))
@@ -368,6 +414,7 @@ def run(args: argparse.Namespace) -> int:
 
     _check_args(args)
     cfg = _setup_cfg(args)
+    _check_int8_options(args, cfg)
     if args.verify and cfg.EXPORT.MODE != "e2e":
         raise UserError("--verify needs the end-to-end export (--mode e2e).")
     model = load_model(cfg, args.weights)
@@ -386,7 +433,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tensorrt:
         # The Winograd graph is for ONNX Runtime on CPU; TensorRT picks its own convolution kernels;
         # the all-INT8 model that the sensitivity search replaced is not built.
-        skip = ("fp32-winograd", "int8-plain")
+        skip = ("fp32-winograd", "int8-plain", "int8-ort")  # TensorRT gets Model Optimizer's explicit Q/DQ
         engines = build_engines(args, cfg, [f for f in onnx_files if f[0] not in skip], div)
         artefacts += engines
         if args.verify:
