@@ -207,6 +207,8 @@ def _validate(
     bad_ann = ProblemLog(on_bad_annotation, "annotations", "DATALOADER.ON_BAD_ANNOTATION")
     raw = _read_bytes(json_file)
     fast = parse_fast(raw)
+    if fast is None:
+        logger.info("%s is not of the fast path's strict types (or has NaN/Infinity literals): checking it entry by entry.", json_file)
     data = _parse_json(raw, json_file) if fast is None else {"images": fast.images, "categories": fast.categories}
     del raw
     classes, id_map = _categories(data, json_file)
