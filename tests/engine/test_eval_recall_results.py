@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
-
 import sys
+from typing import Any
 
 import pytest
 import torch
