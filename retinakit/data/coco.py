@@ -79,10 +79,16 @@ def read_coco_categories(json_file: str) -> tuple[list[str], dict[int, int]]:
     return _categories({"categories": cats} if cats is not None else _parse_json(raw, json_file), json_file)
 
 
-def _image_sizes(records: list[dict], check_files: bool, bad: ProblemLog, json_file: str) -> tuple[list[dict], list[str]]:
+def _image_sizes(
+    records: list[dict], check_files: bool, bad: ProblemLog, json_file: str, fingerprint: bool = False
+) -> tuple[list[dict], list[str], str]:
     """Fill missing height/width from file headers; with ``check_files`` check every file.
-    Returns the kept records and the paths of the files whose headers were read."""
+    Returns the kept records, the paths of the files whose headers were read and, with
+    ``fingerprint``, their :func:`files_fingerprint` taken *before* reading them (a file that
+    changes while it is probed then makes the cache entry stale instead of wrong), else ""."""
     todo = [r for r in records if check_files or not r.get("height") or not r.get("width")]
+    paths = [r["file_name"] for r in todo]
+    stamp = files_fingerprint(paths) if fingerprint else ""
 
     def probe(r: dict) -> tuple[dict, Any]:
         try:
@@ -106,12 +112,12 @@ def _image_sizes(records: list[dict], check_files: bool, bad: ProblemLog, json_f
             dropped.add(id(r))
             continue
         r["height"], r["width"] = h, w
-    return [r for r in records if id(r) not in dropped], [r["file_name"] for r in todo]
+    return [r for r in records if id(r) not in dropped], paths, stamp
 
 
 def _images(
-    data: dict[str, Any], image_root: str, json_file: str, bad_image: ProblemLog, check_files: bool
-) -> tuple[list[dict], list[str]]:
+    data: dict[str, Any], image_root: str, json_file: str, bad_image: ProblemLog, check_files: bool, fingerprint: bool
+) -> tuple[list[dict], list[str], str]:
     records, seen = [], {}
     for img in data["images"]:
         err = check_image(img)
@@ -132,7 +138,7 @@ def _images(
                 "width": img.get("width"),
             }
         )
-    return _image_sizes(records, check_files, bad_image, json_file)
+    return _image_sizes(records, check_files, bad_image, json_file, fingerprint)
 
 
 def _annotation(
@@ -199,10 +205,12 @@ def _annotations_reference(
 
 
 def _validate(
-    json_file: str, image_root: str, on_bad_annotation: str, on_bad_image: str, check_image_files: bool
+    json_file: str, image_root: str, on_bad_annotation: str, on_bad_image: str, check_image_files: bool,
+    fingerprint: bool = False,
 ) -> tuple[list[dict], CachedRecords]:
     """Parse and check the file (fast path when it is clean, else the reference path); the
-    records and the cache header (without the key and the JSON's stat, filled by the caller)."""
+    records and the cache header (without the key and the JSON's stat, filled by the caller;
+    the probed files' fingerprint only with ``fingerprint``)."""
     bad_image = ProblemLog(on_bad_image, "images", "DATALOADER.ON_BAD_IMAGE", BadImageError)
     bad_ann = ProblemLog(on_bad_annotation, "annotations", "DATALOADER.ON_BAD_ANNOTATION")
     raw = _read_bytes(json_file)
@@ -212,7 +220,7 @@ def _validate(
     data = _parse_json(raw, json_file) if fast is None else {"images": fast.images, "categories": fast.categories}
     del raw
     classes, id_map = _categories(data, json_file)
-    records, probed = _images(data, image_root, json_file, bad_image, check_image_files)
+    records, probed, stamp = _images(data, image_root, json_file, bad_image, check_image_files, fingerprint)
     per_record = annotations_fast(fast.annotations, records, id_map) if fast is not None else None
     with_images = 0
     if per_record is not None:
@@ -228,7 +236,7 @@ def _validate(
         bad_ann.summary(json_file),
     ]
     meta = CachedRecords(
-        version=CACHE_VERSION, key={}, json_size=0, json_mtime_ns=0, probed=probed, probed_fingerprint="",
+        version=CACHE_VERSION, key={}, json_size=0, json_mtime_ns=0, probed=probed, probed_fingerprint=stamp,
         classes=classes, id_map=sorted(id_map.items()), summaries=[line for line in summaries if line],
     )
     return records, meta
@@ -251,12 +259,12 @@ def _load_records(
         logger.info("Read %d validated images of %s from the dataset cache %s", len(hit[0]), json_file, path)
         return hit
     before = os.stat(json_file) if os.path.isfile(json_file) else None
-    records, meta = _validate(json_file, image_root, on_bad_annotation, on_bad_image, check_image_files)
+    records, meta = _validate(json_file, image_root, on_bad_annotation, on_bad_image, check_image_files,
+                              fingerprint=bool(path and before is not None))
     serialized = SerializedList(records, codec="json")
     del records
     if path and before is not None:
         meta.key, meta.json_size, meta.json_mtime_ns = key, before.st_size, before.st_mtime_ns
-        meta.probed_fingerprint = files_fingerprint(meta.probed)
         if write_entry(path, serialized, meta):
             logger.info("Wrote the validated records of %s to the dataset cache %s", json_file, path)
     return serialized, meta

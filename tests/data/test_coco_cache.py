@@ -139,6 +139,31 @@ def test_changed_image_makes_entry_stale(tmp_path, monkeypatch, caplog):
     assert len(calls) == 3
 
 
+def test_image_changed_while_probed_makes_entry_stale(tmp_path, monkeypatch, caplog):
+    """The fingerprint is taken before the headers are read: a file rewritten right after its
+    probe leaves an entry that the next load finds stale (not a cached, outdated size)."""
+    js = make_coco(str(tmp_path))
+    root, cache = str(tmp_path / "img"), str(tmp_path / "cache")
+    target, real = os.path.join(root, "im1.png"), coco_mod.image_size
+
+    def probe_then_rewrite(path, *args, **kwargs):
+        size = real(path, *args, **kwargs)
+        if path == target and not os.path.exists(target + ".done"):
+            open(target + ".done", "w").close()
+            write_image(target, 44, 30)  # now disagrees with the JSON's 50x30
+            os.utime(target, ns=(0, os.stat(target).st_mtime_ns + 10**9))
+        return size
+
+    monkeypatch.setattr(coco_mod, "image_size", probe_then_rewrite)
+    calls = _count_validations(monkeypatch)
+    first = load_coco_json(js, root, cache_dir=cache, on_bad_image="skip", check_image_files=True)
+    assert 101 in [d["image_id"] for d in first]  # probed before the rewrite
+    with caplog.at_level(logging.INFO):
+        after = load_coco_json(js, root, cache_dir=cache, on_bad_image="skip", check_image_files=True)
+    assert len(calls) == 2 and "an image file changed" in caplog.text
+    assert [d["image_id"] for d in after] == [100, 102]
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "bad_buffers"])
 def test_corrupt_entry_is_ignored_and_rewritten(tmp_path, monkeypatch, caplog, damage):
     js = make_coco(str(tmp_path))
