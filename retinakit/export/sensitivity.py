@@ -137,6 +137,9 @@ def trunk_outputs(proto: Any, inputs: dict[str, np.ndarray], names: Sequence[str
     m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in known)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # Basic optimisations only: Q/DQ stay simulated in FP32 (as the graph says), and the session,
+    # one per ranked layer, builds ~1.5x faster than with the QLinearConv fusions.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return list(sess.run(list(names), dict(inputs)))
 
