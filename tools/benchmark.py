@@ -9,6 +9,7 @@
     python tools/benchmark.py levels [--sizes 512x512 800x1333] [--levels p3-p7 p2-p7]
     python tools/benchmark.py backbones [--size 512 512]
     python tools/benchmark.py small-objects [--backbones R10 MNV3L] [--seeds 0 1] [--iters 400] [--output DIR]
+    python tools/benchmark.py int8 --config-file CFG --weights W --calibration-images DIR --val-images DIR --val-annotations JSON
 
 Each subcommand lives in tools/benchmarks/<name>.py (``-`` in the name is ``_`` in the file) and defines
 ``add_arguments(parser)`` and ``main(args)``. Results go to docs/benchmarks.md by hand,
@@ -19,7 +20,7 @@ import importlib
 import os
 import sys
 
-SUBCOMMANDS = ("postprocess", "data", "data-load", "train", "inference", "backbones", "levels", "small-objects")
+SUBCOMMANDS = ("postprocess", "data", "data-load", "train", "inference", "backbones", "levels", "small-objects", "int8")
 
 
 def main(argv=None) -> int:

@@ -4,8 +4,9 @@ R50-FPN (configs/COCO-Detection/retinanet_R_50_FPN_torchvision.yaml, torchvision
 architecture) at 800 px: torchvision's ``retinanet_resnet50_fpn`` with seeded random
 weights, the same weights converted into retinakit, and retinakit's end-to-end ONNX export
 (FP32; FP32 with its 3x3 convolutions rewritten as Winograd F(4x4,3x3), as
-``deploy.py --winograd`` writes it; and INT8 Q/DQ made by NVIDIA Model Optimizer, "max"
-calibration on a few synthetic images at the same size). Every variant runs the whole
+``deploy.py --winograd`` writes it; INT8 Q/DQ made by NVIDIA Model Optimizer, "max"
+calibration on a few synthetic images at the same size; and the INT8 model in ONNX Runtime's
+CPU layout, ``EXPORT.INT8.ORT_CPU_MODEL``, calibrated on the same images). Every variant runs the whole
 pipeline on one uint8 image (model preprocessing, backbone, head, decode, NMS) in the same
 process; after ``--warmup`` calls each, the variants are timed in ``--repeats`` interleaved
 rounds (each variant once per round); each figure is the median over the rounds, with the
@@ -161,6 +162,12 @@ def main(args: argparse.Namespace) -> int:
             int8 = quantize_int8(fp32, os.path.join(tmp, "int8.onnx"), calibration_data=data, method="max")
             pred8 = load_predictor(int8, threads=args.threads)
             variants["retinakit ONNX Runtime INT8 Q/DQ"] = lambda: pred8([img])
+            # EXPORT.INT8.ORT_CPU_MODEL: Q/DQ on conv outputs too, U8S8, which ONNX Runtime fuses into QLinearConv.
+            from retinakit.export.quantize_ort import quantize_int8_ort
+
+            int8_ort = quantize_int8_ort(fp32, os.path.join(tmp, "int8_ort.onnx"), calibration_data=data)
+            pred8o = load_predictor(int8_ort, threads=args.threads)
+            variants["retinakit ONNX Runtime INT8, ORT CPU layout"] = lambda: pred8o([img])
         results = _time_interleaved(variants, args.warmup, args.repeats)
     base = results["torchvision eager"]["median_ms"]
     print(f"batch 1, {h}x{w}, {args.threads} threads, median of {args.repeats} (IQR), speed-up vs torchvision eager")
