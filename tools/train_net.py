@@ -28,12 +28,11 @@ from retinakit.checkpoint import Checkpointer, atomic_torch_save, load_checkpoin
 from retinakit.config import ConfigError, get_cfg
 from retinakit.engine import (
     DefaultTrainer,
-    NonFiniteLossError,
-    TrainingInterrupted,
     default_argument_parser,
     default_setup,
     launch,
 )
+from retinakit.engine.exits import run_with_exit_codes
 from retinakit.engine.hooks import flatten_results
 from retinakit.engine.solver import auto_scale_workers
 from retinakit.utils import comm
@@ -41,8 +40,7 @@ from retinakit.utils.events import write_metrics_row
 
 logger = logging.getLogger("retinakit.train_net")
 
-EXIT_USER_ERROR = 2
-EXIT_NON_FINITE = 3
+EXIT_USER_ERROR = 2  # = retinakit.utils.errors.EXIT_USER_ERROR
 
 
 def user_error_message(e: BaseException) -> str | None:
@@ -134,21 +132,7 @@ def main(args: Any) -> Any:
 
 def guarded_main(args: Any) -> Any:
     """``main`` with user errors turned into one message and an exit code (in every process)."""
-    try:
-        return main(args)
-    except NonFiniteLossError as e:
-        logging.getLogger("retinakit").error(str(e))
-        print(f"ERROR: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_NON_FINITE) from e
-    except TrainingInterrupted as e:  # the checkpoint is written and logged: exit as the signal asked
-        raise SystemExit(128 + e.signum) from e
-    except Exception as e:
-        msg = user_error_message(e)
-        if msg is None:
-            raise
-        if comm.is_main_process():
-            print(f"ERROR: {msg}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_USER_ERROR) from e
+    return run_with_exit_codes(main, args)
 
 
 def run(argv: list[str] | None = None) -> int:

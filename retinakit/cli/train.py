@@ -77,27 +77,9 @@ def train_worker(cfg: CfgNode, resume: bool, model_path: str) -> dict[str, Any]:
 
 def _guarded(cfg: CfgNode, resume: bool, model_path: str) -> Any:
     """``train_worker`` with tools/train_net.py's exits: user errors 2, non-finite loss 3, signal 128 + n."""
-    import sys
+    from ..engine.exits import run_with_exit_codes
 
-    from ..engine import NonFiniteLossError, TrainingInterrupted
-    from ..utils import comm
-    from ..utils.errors import EXIT_USER_ERROR, user_error_message
-
-    try:
-        return train_worker(cfg, resume, model_path)
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(3) from e
-    except TrainingInterrupted as e:
-        raise SystemExit(128 + e.signum) from e
-    except Exception as e:
-        msg = user_error_message(e)
-        if msg is None:
-            raise
-        if comm.is_main_process():
-            print(f"error: {msg}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_USER_ERROR) from e
-
+    return run_with_exit_codes(train_worker, cfg, resume, model_path)
 
 def check_inputs(args: argparse.Namespace) -> None:
     """Files and folders the flags name exist (before any work)."""

@@ -6,6 +6,7 @@ from .defaults import (
     default_setup,
     default_writers,
 )
+from .exits import EXIT_NON_FINITE, run_with_exit_codes
 from .hooks import HOOK_REGISTRY
 from .launch import launch
 from .solver import (
@@ -24,6 +25,7 @@ from .train_loop import (
 )
 
 __all__ = [
+    "EXIT_NON_FINITE",
     "HOOK_REGISTRY",
     "AMPTrainer",
     "DefaultPredictor",
@@ -41,4 +43,5 @@ __all__ = [
     "default_setup",
     "default_writers",
     "launch",
+    "run_with_exit_codes",
 ]
