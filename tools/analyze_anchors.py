@@ -35,7 +35,7 @@ from retinakit.analysis.anchors import (
 )
 from retinakit.analysis.anchors.inputs import build_cpu_model
 from retinakit.config import ConfigError, get_cfg
-from retinakit.utils.errors import EXIT_USER_ERROR, user_error_message
+from retinakit.utils.errors import exit_code_on_user_error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -199,14 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(argv: list[str] | None = None) -> int:
     """``main`` with user errors (config, data, registry names) turned into one message and exit code 2."""
-    try:
-        return main(argv)
-    except Exception as e:  # user errors (retinakit.utils.errors.UserInputError): one line, exit 2
-        msg = user_error_message(e)
-        if msg is None:
-            raise
-        print(f"ERROR: {msg}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    return exit_code_on_user_error(main, argv, prefix="ERROR")
 
 if __name__ == "__main__":
     sys.exit(run())

@@ -42,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from retinakit.utils.errors import EXIT_USER_ERROR, UserInputError, user_error_message
+from retinakit.utils.errors import UserInputError, exit_code_on_user_error
 
 logger = logging.getLogger("retinakit.deploy")
 
@@ -450,14 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(name)s %(levelname)s: %(message)s")
     logging.getLogger("retinakit").setLevel(logging.INFO)
     args = parse_args(argv)
-    try:
-        return run(args)
-    except Exception as e:  # user errors (retinakit.utils.errors.UserInputError): one line, exit 2
-        msg = user_error_message(e)
-        if msg is None:
-            raise
-        print(f"error: {msg}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    return exit_code_on_user_error(run, args)  # user errors: one line, exit 2
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from retinakit.export import detections
 from retinakit.export.detections import Item
-from retinakit.utils.errors import EXIT_USER_ERROR, UserInputError, user_error_message
+from retinakit.utils.errors import EXIT_USER_ERROR, UserInputError, exit_code_on_user_error  # noqa: F401 (EXIT_USER_ERROR: main's exit code, read by callers)
 
 VIDEO_CODECS = ("libx264", "mpeg4")  # first one this FFmpeg build has is used
 DEFAULT_FPS = Fraction(25)  # when the input video does not state its frame rate
@@ -250,14 +250,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     args = parse_args(argv)
-    try:
-        return run(args)
-    except Exception as e:  # user errors (retinakit.utils.errors.UserInputError): one line, exit 2
-        msg = user_error_message(e)
-        if msg is None:
-            raise
-        print(f"error: {msg}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    return exit_code_on_user_error(run, args)  # user errors: one line, exit 2
 
 if __name__ == "__main__":
     sys.exit(main())

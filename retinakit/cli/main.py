@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from ..utils.errors import EXIT_USER_ERROR, user_error_message
+from ..utils.errors import exit_code_on_user_error
 from .odtk import OdtkFlagError, add_flags, check_unsupported
 
 __all__ = ["build_parser", "main"]
@@ -52,15 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(name)s %(levelname)s: %(message)s")
     logging.getLogger("retinakit").setLevel(logging.INFO)
-    try:
-        check_unsupported(args_list)  # before parsing: no work, not even a usage error, for these
-        args = build_parser().parse_args(args_list)
-        if len(args.opts) % 2:
-            raise OdtkFlagError(f"--opts takes KEY VALUE pairs; got an odd number of items: {' '.join(args.opts)}.")
-        return _runner(args.command)(args)
-    except Exception as e:  # user errors (retinakit.utils.errors.UserInputError): one line, exit 2
-        msg = user_error_message(e)
-        if msg is None:
-            raise
-        print(f"error: {msg}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    return exit_code_on_user_error(_parse_and_run, args_list)
+
+
+def _parse_and_run(args_list: list[str]) -> int:
+    check_unsupported(args_list)  # before parsing: no work, not even a usage error, for these
+    args = build_parser().parse_args(args_list)
+    if len(args.opts) % 2:
+        raise OdtkFlagError(f"--opts takes KEY VALUE pairs; got an odd number of items: {' '.join(args.opts)}.")
+    return _runner(args.command)(args)

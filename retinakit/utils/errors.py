@@ -10,7 +10,11 @@ clauses still catch it.
 """
 from __future__ import annotations
 
-__all__ = ["EXIT_USER_ERROR", "RegistryKeyError", "UserInputError", "user_error_message"]
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["EXIT_USER_ERROR", "RegistryKeyError", "UserInputError", "exit_code_on_user_error", "user_error_message"]
 
 EXIT_USER_ERROR = 2
 
@@ -36,3 +40,16 @@ def user_error_message(e: BaseException) -> str | None:
     if isinstance(e, FileNotFoundError):
         return f"File not found: {e.filename or e}"
     return None
+
+
+def exit_code_on_user_error(fn: Callable[..., int], *args: Any, prefix: str = "error") -> int:
+    """A tool's ``fn(*args)``: a user error prints ``<prefix>: <message>`` (one line, stderr) and
+    returns :data:`EXIT_USER_ERROR`; any other exception propagates with its traceback."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        msg = user_error_message(e)
+        if msg is None:
+            raise
+        print(f"{prefix}: {msg}", file=sys.stderr)
+        return EXIT_USER_ERROR
