@@ -40,6 +40,7 @@ def quantize_int8_ort(
     calibration_data: dict[str, np.ndarray],
     method: str = "max",
     exclude: Sequence[str] = (),
+    per_channel: bool = True,
 ) -> str:
     """ONNX Runtime CPU flavour of the INT8 model (QDQ with output Q, U8S8, per-channel weights).
 
@@ -48,6 +49,9 @@ def quantize_int8_ort(
             :func:`retinakit.export.calibration.calibration_arrays`).
         method: ``"max"`` (min/max ranges) only.
         exclude: ``EXPORT.INT8.EXCLUDE`` patterns: matching backbone/head nodes stay FP32.
+        per_channel: one weight scale per output channel (the default, what deploy writes);
+            ``False`` (one scale per tensor) exists for the recipe comparison of
+            ``tools/benchmark.py int8 --ort-per-tensor``.
     """
     onnx = require("onnx")
     q = require("onnxruntime.quantization", "INT8 for ONNX Runtime (onnxruntime.quantization)")
@@ -72,7 +76,7 @@ def quantize_int8_ort(
             return {k: v[self.i - 1 : self.i] for k, v in calibration_data.items()}
 
     q.quantize_static(
-        onnx_path, output_path, Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+        onnx_path, output_path, Reader(), quant_format=q.QuantFormat.QDQ, per_channel=per_channel,
         activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8, nodes_to_quantize=nodes,
         calibrate_method=q.CalibrationMethod.MinMax, extra_options={"ActivationSymmetric": False},
     )

@@ -7,7 +7,8 @@ calibration method x number of calibration images makes Model Optimizer's INT8 Q
 median latency with IQR). Ratios: ONNX Runtime FP32 latency / variant latency (> 1: faster).
 
     python tools/benchmark.py int8 --config-file CFG --weights W --calibration-images DIR \\
-        --val-images DIR --val-annotations JSON [--methods max entropy percentile] [--num-images 8 32] [--json out.json]
+        --val-images DIR --val-annotations JSON [--methods max entropy percentile] [--num-images 8 32] \\
+        [--ort-per-tensor] [--json out.json] [KEY VALUE ...]   # e.g. EXPORT.INT8.PERCENTILE 99.9
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", nargs="+", default=["max", "entropy", "percentile"])
     p.add_argument("--num-images", type=int, nargs="+", default=[32])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ort-per-tensor", action="store_true",
+                   help="also the ORT CPU layout with one weight scale per tensor (deploy writes per-channel)")
     p.add_argument("--json", default="")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")
 
@@ -71,6 +74,9 @@ def main(args: argparse.Namespace) -> int:
                 run(f"int8 Q/DQ (TensorRT layout) {method} n={n}", load_predictor(path, threads=args.threads))
             path = quantize_int8_ort(fp32, os.path.join(tmp, f"int8_ort_{n}.onnx"), calibration_data=data)
             run(f"int8 ORT CPU layout max n={n}", load_predictor(path, threads=args.threads))
+            if args.ort_per_tensor:
+                path = quantize_int8_ort(fp32, os.path.join(tmp, f"int8_ort_pt_{n}.onnx"), calibration_data=data, per_channel=False)
+                run(f"int8 ORT CPU layout max per-tensor n={n}", load_predictor(path, threads=args.threads))
     base = rows[1]
     print(f"\n{'variant':40s} {'AP':>6s} {'rel. AP':>8s} {'ms':>7s} {'IQR':>6s} {'vs ORT FP32':>11s}")
     for r in rows:
