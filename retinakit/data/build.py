@@ -117,6 +117,15 @@ def _non_empty(d: dict) -> bool:
     return any(not a.get("iscrowd", 0) for a in d.get("annotations", []))
 
 
+def _checked_after_filter(names: list[str], before: int | None, after: int) -> None:
+    """The log line of DATALOADER.FILTER_EMPTY_ANNOTATIONS (``before``: the count before it, None
+    when it did not run) and the error when no image is left."""
+    if before is not None:
+        logger.info("Removed %d images without annotations (DATALOADER.FILTER_EMPTY_ANNOTATIONS).", before - after)
+    if not after:
+        raise DatasetError(f"Datasets {names} contain no images (after filtering). Check the JSON files and policies.")
+
+
 def get_detection_dataset_dicts(
     names: str | Sequence[str],
     filter_empty: bool = False,
@@ -133,12 +142,10 @@ def get_detection_dataset_dicts(
     policies = _policies(on_bad_annotation, on_bad_image, check_image_files)
     dicts = list(itertools.chain.from_iterable(_load(n, policies, cache_dir) for n in names))
     _check_same_classes(names)
+    before = len(dicts) if filter_empty else None
     if filter_empty:
-        before = len(dicts)
         dicts = [d for d in dicts if _non_empty(d)]
-        logger.info("Removed %d images without annotations (DATALOADER.FILTER_EMPTY_ANNOTATIONS).", before - len(dicts))
-    if not dicts:
-        raise DatasetError(f"Datasets {names} contain no images (after filtering). Check the JSON files and policies.")
+    _checked_after_filter(names, before, len(dicts))
     return dicts
 
 
@@ -163,12 +170,11 @@ def serialized_dataset_dicts(
         dicts = serial[0] if len(serial) == 1 else SerializedList.concat(serial)
     else:
         dicts = SerializedList(itertools.chain.from_iterable(parts))
+    before = len(dicts) if filter_empty else None
     if filter_empty:
         keep = [i for i, d in enumerate(dicts) if _non_empty(d)]
-        logger.info("Removed %d images without annotations (DATALOADER.FILTER_EMPTY_ANNOTATIONS).", len(dicts) - len(keep))
         dicts = dicts.select(keep) if len(keep) < len(dicts) else dicts
-    if not len(dicts):
-        raise DatasetError(f"Datasets {names} contain no images (after filtering). Check the JSON files and policies.")
+    _checked_after_filter(names, before, len(dicts))
     return dicts
 
 
