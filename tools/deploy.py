@@ -265,6 +265,7 @@ def verify_onnx(args: argparse.Namespace, cfg: Any, model: Any, onnx_files: list
     from retinakit.data import build_inference_preprocess
     from retinakit.export import Predictor
     from retinakit.export.predictor import TorchBackend
+    from retinakit.export.sensitivity_report import search_row
     from retinakit.export.verify import evaluate, load_valset
 
     val = load_valset(args.val_images, args.val_annotations, args.max_val_images)
@@ -276,7 +277,7 @@ def verify_onnx(args: argparse.Namespace, cfg: Any, model: Any, onnx_files: list
     plain = next((r for r in results if r.precision == "int8"), None)
     if plain is not None and plain.ap < ref.ap * (1.0 - tol) and cfg.EXPORT.INT8.SENSITIVITY.ENABLED:
         search, onnx_files = int8_search(args, cfg, model, onnx_files, data, val, ref, plain, tol)
-        results += search_rows(search)
+        results += search_row(search)
         results.sort(key=lambda r: r.precision == "int8-plain")  # the deliverable first
     return val, results, onnx_files, search
 
@@ -305,6 +306,7 @@ def int8_search(args: argparse.Namespace, cfg: Any, model: Any, onnx_files: list
     """
     from retinakit.export import calibration_arrays
     from retinakit.export.sensitivity import mixed_precision_int8
+    from retinakit.export.sensitivity_report import format_search
 
     s = cfg.EXPORT.INT8.SENSITIVITY
     fp32 = dict(onnx_files)["fp32"]
@@ -335,59 +337,13 @@ def int8_search(args: argparse.Namespace, cfg: Any, model: Any, onnx_files: list
         report.search.best.info.precision = "int8"
     elif report.path:
         files.append(("int8-mixed", mixed))
-    _print_search(report, plain, ref, tol)
+    print(format_search(report, plain, ref, tol))
     return report, files
-
-
-def search_rows(report: Any) -> list:
-    """The verification row of the search's best candidate (none when nothing was tried)."""
-    best = report.search.best
-    if best is None:
-        return []
-    r = best.info
-    r.status = f"{'ok' if report.search.met else 'best found'}: {len(best.excluded)} layer(s) in FP32"
-    return [r]
-
-
-def _print_search(report: Any, plain: Any, ref: Any, tol: float) -> None:
-    rows = report.ranking[:8]
-    print(f"INT8 sensitivity (trunk output error, all layers INT8: {report.error_int8:.4f}; with one layer in FP32):")
-    for x in rows:
-        print(f"  {x.layer:<45} {x.error:.4f}  ({len(x.nodes)} node{'s' if len(x.nodes) > 1 else ''})")
-    best = report.search.best
-    if best is None:
-        print("INT8 sensitivity search: no layer lowers the output error when kept in FP32; budget not met.")
-        return
-    r = best.info
-    cost = (r.latency_ms / plain.latency_ms - 1.0) * 100.0 if plain.latency_ms > 0 else float("nan")
-    verdict = "meets" if report.search.met else f"does NOT meet (budget AP >= {ref.ap * (1 - tol):.2f}; best found)"
-    print(f"INT8 mixed precision {verdict}: kept in FP32: {', '.join(best.excluded)}; AP {r.ap:.2f} "
-          f"(all-INT8 {plain.ap:.2f}, PyTorch {ref.ap:.2f}); ONNX Runtime latency {r.latency_ms:.1f} ms/img "
-          f"vs {plain.latency_ms:.1f} all-INT8 ({cost:+.1f}%)")
-
-
-def _search_json(report: Any, results: list) -> dict:
-    from retinakit.export.sensitivity import layer_pattern
-
-    lat = {r.precision: r.latency_ms for r in results if r.backend == "onnxruntime"}
-    best = report.search.best
-    return {
-        "met": report.search.met,
-        "fp32_layers": best.excluded if best else [],
-        "exclude_patterns": [layer_pattern(x) for x in best.excluded] if best else [],
-        "error_all_int8": report.error_int8,
-        "ranking": [{"layer": x.layer, "nodes": x.nodes, "error_with_layer_fp32": x.error} for x in report.ranking],
-        "steps": [{"fp32_layers": st.excluded, "ok": st.ok, "ap": st.info.ap, "latency_ms": st.info.latency_ms}
-                  for st in report.search.steps],
-        # ONNX Runtime latency (ms/img) of the all-INT8 model and of the best mixed one
-        "latency_ms": {"all_int8": lat.get("int8-plain" if report.search.met else "int8"),
-                       "mixed": lat.get("int8" if report.search.met else "int8-mixed")},
-        "path": report.path,
-    }
 
 
 def finish_verify(args: argparse.Namespace, cfg: Any, results: list, search: Any) -> int:
     """Mark INT8 rows over budget, print the table, write DIR/verify.json; exit code."""
+    from retinakit.export.sensitivity_report import search_summary
     from retinakit.export.verify import format_table
 
     ref = results[0]
@@ -403,7 +359,7 @@ def finish_verify(args: argparse.Namespace, cfg: Any, results: list, search: Any
     rows = [{k: v for k, v in vars(r).items() if k != "detections"} for r in results]
     out = {"max_relative_ap_drop": tol, "results": rows}
     if search is not None:
-        out["int8_search"] = _search_json(search, results)
+        out["int8_search"] = search_summary(search, results)
     with open(os.path.join(args.output, "verify.json"), "w") as f:
         json.dump(out, f, indent=2)
     return EXIT_FAILED_CHECK if failed else 0
