@@ -29,15 +29,15 @@ def add_export_config(_C: CN) -> None:
     # Regular expressions: backbone/head nodes whose ONNX node name or module path (e.g.
     # "head.cls_score", "backbone.bottom_up.layer1.0") matches one stay in FP32 in the INT8 model.
     _C.EXPORT.INT8.EXCLUDE = []
-    # tools/deploy.py --int8 --verify: when the INT8 model misses MAX_RELATIVE_AP_DROP, rank the
-    # backbone/head layers by INT8 sensitivity (output error with one layer restored to FP32) and keep
-    # the most sensitive ones in FP32, one more at a time, until the AP budget holds.
     # tools/deploy.py --int8 also writes DIR/model_int8_ort.onnx: INT8 in the layout ONNX Runtime's CPU
     # provider fuses into integer kernels (QLinearConv; Q/DQ on conv outputs too, U8S8, min/max
     # calibration). Faster than FP32 in ONNX Runtime on CPU; not for TensorRT (docs/deployment.md).
     _C.EXPORT.INT8.ORT_CPU_MODEL = False
     _C.EXPORT.INT8.SENSITIVITY = CN()
-    # Run the search when INT8 misses the budget (False: report the failure only).
+    # tools/deploy.py --int8 --verify: when the INT8 model misses MAX_RELATIVE_AP_DROP, rank the
+    # backbone/head layers by INT8 sensitivity (output error with one layer restored to FP32) and keep
+    # the most sensitive ones in FP32, one more at a time, until the AP budget holds. False: report
+    # the failure only.
     _C.EXPORT.INT8.SENSITIVITY.ENABLED = True
     # At most this many layers (module paths, e.g. "head.cls_score") are kept in FP32.
     _C.EXPORT.INT8.SENSITIVITY.MAX_LAYERS = 6
