@@ -1,6 +1,7 @@
 """tools/benchmark.py small-objects: a smoke run (2 variants x 1 seed x 2 iterations at 128 px, the
-real trainer and evaluation) checks the JSON and the table, resuming and its schedule check; the
-variants' configs are built through the benchmark's own function and checked against the presets."""
+real trainer and evaluation, the two runs in two processes with --jobs 2) checks the JSON and the
+table, resuming and its schedule check; the variants' configs are built through the benchmark's
+own function and checked against the presets."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +18,12 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = ["--backbones", "R10", "--variants", "p2", "p2_atss", "--seeds", "0", "--iters", "2", "--batch", "2",
          "--size", "128", "--max-test-images", "4", "--latency-repeats", "3"]
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _import(name: str):
@@ -44,7 +51,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> tuple[str, str]:
     out = str(tmp_path_factory.mktemp("small_objects"))
-    rc, stdout, _ = _cli([*SMOKE, "--output", out])
+    rc, stdout, _ = _cli([*SMOKE, "--output", out, "--jobs", "2"])
     assert rc == 0
     return out, stdout
 
@@ -90,6 +97,10 @@ def test_smoke_run_writes_json_and_table(smoke):
         run = next(x for x in data["runs"] if x["variant"] == r["variant"])
         assert r["AP"] == {"mean": run["AP"], "sd": 0.0, "n": 1}
         assert r["latency_ms"]["mean"] == run["latency_ms"]["median"]
+    assert "training 2 run(s), 2 at a time" in stdout
+    for variant in ("p2", "p2_atss"):  # each run trained in its own process, which logged its training
+        with open(os.path.join(out, "runs", f"R10-{variant}-s0", "log.txt")) as f:
+            assert f"R10-{variant}-s0: training 2 iterations x 2 images" in f.read()
     table = [line for line in stdout.splitlines() if line.startswith("| R10 |")]
     assert len(table) == 4  # main table and recall table, one row per variant each
     # AP is a fraction in [0, 1]: shown with 3 decimals (".1f" printed 0.0 for every run)
@@ -110,6 +121,38 @@ def test_resume_skips_existing_runs_and_checks_the_schedule(smoke):
     changed[changed.index("--iters") + 1] = "3"
     rc, _, err = _cli(changed)
     assert rc == 2 and path in err and "--output" in err
+
+
+def test_child_command_line_carries_every_flag(tmp_path):
+    """A run trained in its own process (--jobs) gets the parent's flags, for exactly that run."""
+    so = _import("benchmarks.small_objects")
+    argv = ["--output", str(tmp_path), "--backbones", "R10", "MNV3L", "--variants", "p2", "base", "--seeds", "0", "1",
+            "--iters", "7", "--batch", "3", "--size", "160", "--train-dataset", "shapes_small_val",
+            "--test-dataset", "shapes_small_train", "--device", "cuda", "--max-images", "9", "--latency-repeats", "4",
+            "--max-test-images", "5", "--jobs", "3", "SOLVER.BASE_LR", "0.02"]
+    parent = _args(argv)
+    child_argv = so._child_argv(parent, "MNV3L", "base", 1)
+    assert child_argv[1:3] == [os.path.join(ROOT, "tools", "benchmark.py"), "small-objects"]
+    child = _args(child_argv[3:])
+    expected = dict(vars(parent), backbones=["MNV3L"], variants=["base"], seeds=[1], jobs=1, output=str(tmp_path))
+    assert vars(child) == expected
+    assert so.schedule(child) == so.schedule(parent)  # its result is accepted by the parent
+
+
+@pytest.mark.skipif(torch_cuda_available(), reason="needs a run that fails: MODEL.DEVICE cuda without a GPU")
+def test_failed_process_is_named_and_the_others_kept(tmp_path):
+    argv = [*SMOKE, "--output", str(tmp_path), "--jobs", "2", "--device", "cuda", "--variants", "p2"]
+    rc, stdout, err = _cli(argv)
+    log = os.path.join(str(tmp_path), "runs", "R10-p2-s0", "log.txt")
+    assert rc == 1 and "R10-p2-s0: FAILED (exit 1)" in stdout and log in err
+    with open(log) as f:
+        assert "Traceback" in f.read()  # the child's own error, kept in its log
+    assert not os.path.exists(os.path.join(str(tmp_path), "small_objects.json"))
+
+
+def test_jobs_below_one_is_refused(tmp_path):
+    rc, _, err = _cli([*SMOKE, "--output", str(tmp_path), "--jobs", "0"])
+    assert rc == 2 and "--jobs 0" in err and not os.path.exists(os.path.join(tmp_path, "runs"))
 
 
 def _model(cfg):

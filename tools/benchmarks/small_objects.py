@@ -16,12 +16,16 @@ inference (median and inter-quartile range over ``--latency-repeats`` calls). Va
 
 Every run writes OUTPUT/runs/<backbone>-<variant>-s<seed>/result.json and is skipped when that
 file exists, so a long benchmark can be continued later (or on a GPU with ``--device cuda``).
+``--jobs N`` trains N runs at once, each in its own process (``log.txt`` beside its result;
+``OMP_NUM_THREADS`` = cores / N unless it is set): for a machine with many cores, or one GPU
+shared by several small trainings. Timings of runs that shared a machine are not comparable
+with runs that had it alone.
 The summary (mean and sample standard deviation over seeds) is printed as markdown tables and
 written to OUTPUT/small_objects.json.
 
     python tools/benchmark.py small-objects --output output/bench_small_objects \\
         [--backbones R10 MNV3L] [--variants base suggested p2 p2_atss p2_drop p2_light_head large_input] \\
-        [--seeds 0 1] [--iters 400] [--batch 8] [--size 256] [--device cpu]
+        [--seeds 0 1] [--iters 400] [--batch 8] [--size 256] [--device cpu] [--jobs 1]
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import json
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -69,6 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-images", type=int, default=400, help="training images the anchor search / level advice read")
     p.add_argument("--latency-repeats", type=int, default=20, help="timed batch-1 inference calls per run")
     p.add_argument("--max-test-images", type=int, default=0, help="evaluate on the first N test images (0: all)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each (timings then contended)")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides applied to every run")
 
 
@@ -143,8 +149,7 @@ def _cached(path: str, compute: Any) -> dict[str, Any]:
             return json.load(f)
     value = compute()
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(value, f, indent=1)
+    _write_json(path, value)
     return value
 
 
@@ -376,31 +381,86 @@ def load_result(path: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _child_argv(args: argparse.Namespace, backbone: str, variant: str, seed: int) -> list[str]:
+    """The command line that trains one run in its own process: every flag of ``args``, one run, one job."""
+    argv = [sys.executable, os.path.join(_ROOT, "tools", "benchmark.py"), "small-objects",
+            "--output", os.path.abspath(args.output), "--backbones", backbone, "--variants", variant,
+            "--seeds", str(seed), "--iters", str(args.iters), "--batch", str(args.batch), "--size", str(args.size),
+            "--train-dataset", args.train_dataset, "--test-dataset", args.test_dataset, "--device", args.device,
+            "--max-images", str(args.max_images), "--latency-repeats", str(args.latency_repeats),
+            "--max-test-images", str(args.max_test_images), "--jobs", "1"]
+    return argv + [str(x) for x in args.opts]
+
+
+def train_in_processes(args: argparse.Namespace, pending: Sequence[tuple[str, str, int]]) -> list[str]:
+    """Train the ``pending`` runs ``(backbone, variant, seed)``, ``args.jobs`` processes at a time,
+    each logging to OUTPUT/runs/<name>/log.txt. Returns the log files of the runs that failed."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    for run in pending:  # the shared searched anchors / levels are computed once, here, not by each process
+        variant_config(*run, args)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
+
+    def train(run: tuple[str, str, int]) -> tuple[str, int]:
+        folder = os.path.join(args.output, "runs", run_name(*run))
+        os.makedirs(folder, exist_ok=True)
+        log = os.path.join(folder, "log.txt")
+        with open(log, "w") as f:
+            return log, subprocess.run(_child_argv(args, *run), stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+
+    print(f"training {len(pending)} run(s), {args.jobs} at a time (OMP_NUM_THREADS={env['OMP_NUM_THREADS']}) ...", flush=True)
+    failed = []
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for done in as_completed([pool.submit(train, run) for run in pending]):
+            log, code = done.result()
+            print(f"{os.path.basename(os.path.dirname(log))}: {'done' if code == 0 else f'FAILED (exit {code})'}", flush=True)
+            if code != 0:
+                failed.append(log)
+    return failed
+
+
 def main(args: argparse.Namespace) -> int:
     logging.getLogger("retinakit").setLevel(logging.WARNING)
     os.makedirs(args.output, exist_ok=True)
+    if args.jobs < 1:
+        print(f"ERROR: --jobs {args.jobs}: give 1 (one run after another) or more (runs at once)", file=sys.stderr)
+        return 2
+    runs = [(b, v, s) for b in args.backbones for v in args.variants for s in args.seeds]
+    if args.jobs > 1:
+        stored = [r for r in runs if os.path.exists(os.path.join(args.output, "runs", run_name(*r), "result.json"))]
+        try:  # a stored run made with another schedule stops the benchmark before any training
+            for r in stored:
+                load_result(os.path.join(args.output, "runs", run_name(*r), "result.json"), args)
+        except ValueError as e:
+            print(f"ERROR: {e}", file=sys.stderr)
+            return 2
+        failed = train_in_processes(args, [r for r in runs if r not in stored])
+        if failed:
+            print("ERROR: these runs failed (the others are kept; run the same command again to retry them): "
+                  + ", ".join(failed), file=sys.stderr)
+            return 1
     results = []
-    for backbone in args.backbones:
-        for variant in args.variants:
-            for seed in args.seeds:
-                name = run_name(backbone, variant, seed)
-                path = os.path.join(args.output, "runs", name, "result.json")
-                if os.path.exists(path):
-                    print(f"{name}: result exists, skipped ({path})")
-                    try:
-                        results.append(load_result(path, args))
-                    except ValueError as e:
-                        print(f"ERROR: {e}", file=sys.stderr)
-                        return 2
-                    continue
-                print(f"{name}: training {args.iters} iterations x {args.batch} images ...", flush=True)
-                cfg = variant_config(backbone, variant, seed, args)
-                meta = {"backbone": backbone, "variant": variant, "seed": seed, "schedule": schedule(args)}
-                results.append(run_one(cfg, args, meta))
+    for backbone, variant, seed in runs:
+        name = run_name(backbone, variant, seed)
+        path = os.path.join(args.output, "runs", name, "result.json")
+        if os.path.exists(path):
+            print(f"{name}: result exists, skipped ({path})")
+            try:
+                results.append(load_result(path, args))
+            except ValueError as e:
+                print(f"ERROR: {e}", file=sys.stderr)
+                return 2
+            continue
+        print(f"{name}: training {args.iters} iterations x {args.batch} images ...", flush=True)
+        cfg = variant_config(backbone, variant, seed, args)
+        meta = {"backbone": backbone, "variant": variant, "seed": seed, "schedule": schedule(args)}
+        results.append(run_one(cfg, args, meta))
     rows = summarize(results)
     table = markdown(rows)
+    threads = sorted({r["threads"] for r in results})
     print(f"\n{args.iters} iterations, batch {args.batch}, size {args.size}, {args.train_dataset} -> {args.test_dataset}, "
-          f"device {args.device}, {torch.get_num_threads()} threads; mean ± SD over seeds {args.seeds}\n")
+          f"device {args.device}, {'/'.join(map(str, threads))} threads per run; mean ± SD over seeds {args.seeds}\n")
     print(table)
     _write_json(os.path.join(args.output, "small_objects.json"),
                 {"args": {k: v for k, v in vars(args).items() if k != "func"}, "summary": rows, "runs": results})
