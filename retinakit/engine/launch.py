@@ -155,6 +155,7 @@ def _init_group(
 
 def _destroy() -> None:
     if dist.is_initialized():
+        comm.forget_process_groups()  # first: no reference may keep a group alive past its destruction
         dist.destroy_process_group()
 
 

@@ -12,6 +12,7 @@ __all__ = [
     "all_gather",
     "broadcast_array",
     "broadcast_object",
+    "forget_process_groups",
     "gather",
     "get_local_rank",
     "get_local_size",
@@ -33,6 +34,17 @@ def set_local_process_group(group: Any, local_size: int) -> None:
     """Record the per-machine group (called by :func:`retinakit.engine.launch`)."""
     global _LOCAL_PROCESS_GROUP, _LOCAL_SIZE
     _LOCAL_PROCESS_GROUP, _LOCAL_SIZE = group, local_size
+
+
+def forget_process_groups() -> None:
+    """Drop this module's references to process groups (the per-machine group, the cached CPU
+    group). Called before ``destroy_process_group`` so that no group outlives it: a gloo group
+    still referenced at interpreter exit is torn down with its threads running (SIGABRT,
+    "terminate called without an active exception"), and a later ``init_process_group`` in the
+    same process must not reuse a destroyed group."""
+    global _LOCAL_PROCESS_GROUP, _LOCAL_SIZE
+    _LOCAL_PROCESS_GROUP, _LOCAL_SIZE = None, 1
+    _cpu_group.cache_clear()
 
 
 def _initialized() -> bool:
@@ -84,7 +96,7 @@ def _cpu_group() -> Any:
     """A gloo group for gathering Python objects (NCCL cannot move CPU objects)."""
     if dist.get_backend() == "nccl":
         return dist.new_group(backend="gloo")
-    return dist.group.WORLD
+    return None  # the default group; None keeps no reference to it (see forget_process_groups)
 
 
 def max_over_processes(value: int) -> int:
