@@ -197,6 +197,10 @@ def run_name(backbone: str, variant: str, seed: int) -> str:
     return f"{backbone}-{variant}-s{seed}"
 
 
+def _result_path(args: argparse.Namespace, run: tuple[str, str, int]) -> str:
+    return os.path.join(args.output, "runs", run_name(*run), "result.json")
+
+
 # ----------------------------------------------------------------------------- one run
 def _latency(model: torch.nn.Module, inputs: list[dict], repeats: int, device: torch.device) -> list[float]:
     """Seconds of ``repeats`` batch-1 eager calls (after 3 warm-up calls), cycling over ``inputs``."""
@@ -403,7 +407,7 @@ def train_in_processes(args: argparse.Namespace, pending: Sequence[tuple[str, st
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
 
     def train(run: tuple[str, str, int]) -> tuple[str, int]:
-        folder = os.path.join(args.output, "runs", run_name(*run))
+        folder = os.path.dirname(_result_path(args, run))
         os.makedirs(folder, exist_ok=True)
         log = os.path.join(folder, "log.txt")
         with open(log, "w") as f:
@@ -427,35 +431,29 @@ def main(args: argparse.Namespace) -> int:
         print(f"ERROR: --jobs {args.jobs}: give 1 (one run after another) or more (runs at once)", file=sys.stderr)
         return 2
     runs = [(b, v, s) for b in args.backbones for v in args.variants for s in args.seeds]
-    if args.jobs > 1:
-        stored = [r for r in runs if os.path.exists(os.path.join(args.output, "runs", run_name(*r), "result.json"))]
-        try:  # a stored run made with another schedule stops the benchmark before any training
-            for r in stored:
-                load_result(os.path.join(args.output, "runs", run_name(*r), "result.json"), args)
-        except ValueError as e:
-            print(f"ERROR: {e}", file=sys.stderr)
-            return 2
-        failed = train_in_processes(args, [r for r in runs if r not in stored])
+    try:  # a stored run made with another schedule stops the benchmark before any training
+        stored = {r: load_result(_result_path(args, r), args) for r in runs if os.path.exists(_result_path(args, r))}
+    except ValueError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 2
+    pending = [r for r in runs if r not in stored]
+    if args.jobs > 1 and pending:
+        failed = train_in_processes(args, pending)
         if failed:
             print("ERROR: these runs failed (the others are kept; run the same command again to retry them): "
                   + ", ".join(failed), file=sys.stderr)
             return 1
     results = []
-    for backbone, variant, seed in runs:
-        name = run_name(backbone, variant, seed)
-        path = os.path.join(args.output, "runs", name, "result.json")
-        if os.path.exists(path):
-            print(f"{name}: result exists, skipped ({path})")
-            try:
-                results.append(load_result(path, args))
-            except ValueError as e:
-                print(f"ERROR: {e}", file=sys.stderr)
-                return 2
-            continue
-        print(f"{name}: training {args.iters} iterations x {args.batch} images ...", flush=True)
-        cfg = variant_config(backbone, variant, seed, args)
-        meta = {"backbone": backbone, "variant": variant, "seed": seed, "schedule": schedule(args)}
-        results.append(run_one(cfg, args, meta))
+    for run in runs:
+        if run in stored:
+            print(f"{run_name(*run)}: result exists, skipped ({_result_path(args, run)})")
+            results.append(stored[run])
+        elif args.jobs > 1:  # trained above, in its own process
+            results.append(load_result(_result_path(args, run), args))
+        else:
+            print(f"{run_name(*run)}: training {args.iters} iterations x {args.batch} images ...", flush=True)
+            meta = {"backbone": run[0], "variant": run[1], "seed": run[2], "schedule": schedule(args)}
+            results.append(run_one(variant_config(*run, args), args, meta))
     rows = summarize(results)
     table = markdown(rows)
     threads = sorted({r["threads"] for r in results})
