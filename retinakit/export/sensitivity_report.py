@@ -57,8 +57,7 @@ def search_summary(report: MixedPrecisionReport, results: Sequence[VerifyResult]
     """verify.json's ``int8_search``: verdict, layers kept in FP32 (and their EXCLUDE patterns),
     the full ranking, every step, and the ONNX Runtime latency (ms/img) all-INT8 vs mixed."""
     lat = {r.precision: r.latency_ms for r in results if r.backend == "onnxruntime"}
-    best = report.search.best
-    excluded = list(best.excluded) if best else []
+    excluded = report.excluded
     return {
         "met": report.search.met,
         "fp32_layers": excluded,
