@@ -150,6 +150,21 @@ def test_failed_process_is_named_and_the_others_kept(tmp_path):
     assert not os.path.exists(os.path.join(str(tmp_path), "small_objects.json"))
 
 
+def test_concurrent_writers_of_one_summary_do_not_collide(tmp_path):
+    """--jobs processes write the same small_objects.json at once: each write stays atomic and
+    none fails (a shared temporary name let one writer rename another's; CI failed on it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    so = _import("benchmarks.small_objects")
+    path = str(tmp_path / "small_objects.json")
+    values = [{"writer": i, "rows": list(range(2000))} for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda v: [so._write_json(path, v) for _ in range(25)], values))
+    with open(path) as f:
+        assert json.load(f) in values
+    assert os.listdir(tmp_path) == ["small_objects.json"] and (os.stat(path).st_mode & 0o777) == 0o644
+
+
 def test_jobs_below_one_is_refused(tmp_path):
     rc, _, err = _cli([*SMOKE, "--output", str(tmp_path), "--jobs", "0"])
     assert rc == 2 and "--jobs 0" in err and not os.path.exists(os.path.join(tmp_path, "runs"))

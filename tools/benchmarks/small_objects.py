@@ -36,6 +36,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -313,9 +314,12 @@ def run_one(cfg: Any, args: argparse.Namespace, meta: dict[str, Any]) -> dict[st
 
 
 def _write_json(path: str, value: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    """Atomic write; the temporary file's name is unique, as ``--jobs`` processes write the same
+    summary file at the same time (a shared ``path + ".tmp"`` let one rename the other's)."""
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path) or ".")
+    with os.fdopen(fd, "w") as f:
         json.dump(value, f, indent=1)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the results private
     os.replace(tmp, path)
 
 
